@@ -1,0 +1,222 @@
+"""The one way the exporter talks HTTP and WebSocket to a whoAsr target.
+
+Every failure of the transport becomes a `Failure` with a reason from the closed set, so that nothing
+raised by aiohttp escapes into the scheduler. Bodies are size-capped; every call has a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import aiohttp
+
+from exporter import __version__
+from exporter.config import TargetConfig
+from exporter.results import Failure, Trace, redact
+
+MAX_BODY_BYTES = 1 << 20  # whoAsr answers are small JSON; 1 MiB leaves room for long transcripts
+USER_AGENT = f"whoasr-exporter/{__version__}"
+
+# Paths per API generation (whoasr-api.md); only the generation-specific ones differ.
+PATHS = {
+    "v1": {"recognize": "/recognize", "punctuation": "/punctuate", "vad": "/vad", "timestamp": "/timestamp"},
+    "v2": {
+        "recognize": "/offline/recognize",
+        "punctuation": "/punctuation/add",
+        "vad": "/vad/detect",
+        "timestamp": "/timestamp/predict",
+    },
+}
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes
+    elapsed: float
+    content_type: str
+
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        """The body as JSON; anything else is a bad_response."""
+        try:
+            return json.loads(self.body)
+        except (ValueError, UnicodeDecodeError):
+            raise Failure("bad_response", f"not JSON: {redact(self.text(), 80)!r}", http_status=self.status) from None
+
+    def expect_ok(self) -> "Reply":
+        """Fails with http_4xx/http_5xx (and a redacted excerpt of the body) unless the status is 2xx."""
+        if 200 <= self.status < 300:
+            return self
+        reason = "http_5xx" if self.status >= 500 else "http_4xx"
+        body = redact(self.text())
+        raise Failure(reason, f"HTTP {self.status}: {body}", http_status=self.status, error_body=body)
+
+
+def classify(exc: BaseException) -> str:
+    """Maps a transport exception to a failure reason."""
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError, aiohttp.ServerTimeoutError)):
+        return "timeout"
+    if isinstance(exc, (aiohttp.ClientSSLError, ssl.SSLError)):
+        return "tls_error"
+    if isinstance(exc, aiohttp.WSServerHandshakeError):
+        return "handshake_rejected"
+    if isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ContentTypeError)):
+        return "bad_response"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "closed_early"
+    return "connect_error"
+
+
+def describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return redact(f"{type(exc).__name__}: {text}", 160)
+
+
+def new_session(limit: int = 256) -> aiohttp.ClientSession:
+    """The daemon's one shared session: pooled connections, no cookies, no global timeout."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=limit, limit_per_host=8, enable_cleanup_closed=True),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        headers={"User-Agent": USER_AGENT},
+        timeout=aiohttp.ClientTimeout(total=None),
+    )
+
+
+class TargetClient:
+    """A whoAsr target as the probes see it: base URL, credentials, and its detected API generation."""
+
+    def __init__(self, session: aiohttp.ClientSession, target: TargetConfig):
+        self.session = session
+        self.target = target
+        self.name = target.name
+        self.base_url = target.url
+        self._api: Optional[str] = None if target.api == "auto" else target.api
+        self._detect_lock = asyncio.Lock()
+        self._headers: dict[str, str] = {}
+        self._auth = None
+        if target.bearer_token:
+            self._headers["Authorization"] = f"Bearer {target.bearer_token}"
+        if target.basic_auth:
+            self._auth = aiohttp.BasicAuth(target.basic_auth.username, target.basic_auth.password)
+
+    # --- API generation -------------------------------------------------------------------------
+    @property
+    def api(self) -> Optional[str]:
+        """The detected (or configured) generation; None until detected."""
+        return self._api
+
+    def forget_api(self) -> None:
+        """After a failure, detect again next time: the target may have been upgraded or replaced."""
+        if self.target.api == "auto":
+            self._api = None
+
+    async def detect_api(self, timeout: float, trace: Optional[Trace] = None) -> str:
+        """v1 or v2, from the paths in /openapi.json (GET probing lies: v2 answers 200 for any path)."""
+        if self._api:
+            return self._api
+        async with self._detect_lock:
+            if self._api:
+                return self._api
+            reply = (await self.request("GET", "/openapi.json", timeout=timeout, trace=trace)).expect_ok()
+            document = reply.json()
+            paths = document.get("paths") if isinstance(document, dict) else None
+            if not isinstance(paths, dict):
+                raise Failure("bad_response", "/openapi.json has no paths", http_status=reply.status)
+            if "/offline/recognize" in paths:
+                self._api = "v2"
+            elif "/recognize" in paths:
+                self._api = "v1"
+            else:
+                raise Failure("bad_response", "/openapi.json lists neither /recognize nor /offline/recognize")
+            if trace:
+                trace(f"detected API generation {self._api}")
+            return self._api
+
+    async def path(self, kind: str, timeout: float, trace: Optional[Trace] = None) -> str:
+        return PATHS[await self.detect_api(timeout, trace)][kind]
+
+    # --- HTTP -----------------------------------------------------------------------------------
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        timeout: float,
+        json_body: Any = None,
+        form: Optional[aiohttp.FormData] = None,
+        max_bytes: int = MAX_BODY_BYTES,
+        trace: Optional[Trace] = None,
+    ) -> Reply:
+        """One request with a deadline covering connect, headers and body; transport errors -> Failure."""
+        url = self.base_url + path
+        started = time.monotonic()
+        if trace:
+            trace(f"{method} {path}")
+        try:
+            async with asyncio.timeout(timeout):
+                async with self.session.request(
+                    method, url, json=json_body, data=form, headers=self._headers, auth=self._auth,
+                    allow_redirects=False,
+                ) as response:
+                    body = await _read_capped(response, max_bytes)
+                    reply = Reply(response.status, body, time.monotonic() - started,
+                                  response.headers.get("Content-Type", ""))
+        except Failure:
+            raise
+        except (asyncio.TimeoutError, TimeoutError):
+            if trace:
+                trace(f"{method} {path}: no complete answer within {timeout:g}s")
+            raise Failure("timeout", f"{method} {path}: no complete answer within {timeout:g}s") from None
+        except (aiohttp.ClientError, OSError, ssl.SSLError) as exc:
+            if trace:
+                trace(f"{method} {path}: {describe(exc)}")
+            raise Failure(classify(exc), f"{method} {path}: {describe(exc)}") from None
+        if trace:
+            trace(f"{method} {path} -> HTTP {reply.status} ({len(reply.body)} bytes, {reply.elapsed * 1000:.1f} ms)")
+        return reply
+
+    async def get_json(self, path: str, timeout: float, trace: Optional[Trace] = None) -> tuple[Reply, Any]:
+        reply = (await self.request("GET", path, timeout=timeout, trace=trace)).expect_ok()
+        return reply, reply.json()
+
+    # --- WebSocket ------------------------------------------------------------------------------
+    def ws_url(self, path: str) -> str:
+        if self.base_url.startswith("https://"):
+            return "wss://" + self.base_url[len("https://"):] + path
+        return "ws://" + self.base_url[len("http://"):] + path
+
+    async def ws_connect(self, path: str, timeout: float) -> aiohttp.ClientWebSocketResponse:
+        """Opens a WebSocket; a refused upgrade is handshake_rejected with the HTTP status."""
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.session.ws_connect(
+                    self.ws_url(path), headers=self._headers, auth=self._auth, autoping=True,
+                    heartbeat=None, max_msg_size=MAX_BODY_BYTES, autoclose=True,
+                )
+        except (asyncio.TimeoutError, TimeoutError):
+            raise Failure("timeout", f"WebSocket {path}: no handshake within {timeout:g}s", step="connect") from None
+        except aiohttp.WSServerHandshakeError as exc:
+            raise Failure("handshake_rejected", f"WebSocket {path}: HTTP {exc.status} on upgrade",
+                          http_status=exc.status, step="connect") from None
+        except (aiohttp.ClientError, OSError, ssl.SSLError) as exc:
+            raise Failure(classify(exc), f"WebSocket {path}: {describe(exc)}", step="connect") from None
+
+
+async def _read_capped(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(65536):
+        size += len(chunk)
+        if size > max_bytes:
+            raise Failure("bad_response", f"answer larger than {max_bytes} bytes", http_status=response.status)
+        chunks.append(chunk)
+    return b"".join(chunks)
+

@@ -1,0 +1,385 @@
+"""The exporter's configuration: YAML validated into typed, immutable objects.
+
+Every error names the file, the field path and what is expected, so that an operator can fix a
+config without reading code. Unknown keys are errors: a typo must not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+PROBE_KINDS = ("batch", "stream", "punctuation", "vad", "timestamp", "stream_vad")
+SCRAPE_KINDS = ("health", "model_info")
+DEFAULT_PROBES = ("batch", "stream", "punctuation", "vad", "timestamp")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$")
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; the message is meant for the operator, one problem a line."""
+
+
+def parse_duration(value: Any) -> float:
+    """'30s', '2m', '1h', '250ms' or a plain number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 30s, 2m or 500ms")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    else:
+        raise ValueError(f"expected a duration like 30s, 2m or 500ms, got {value!r}")
+    if seconds <= 0:
+        raise ValueError(f"expected a positive duration, got {value!r}")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Percent = Annotated[float, Field(gt=0, le=100)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WebConfig(_Strict):
+    """TLS and basic auth for the exporter's own endpoints (exporter-toolkit style)."""
+
+    tls_cert_file: Optional[str] = None
+    tls_key_file: Optional[str] = None
+    basic_auth_users: dict[str, str] = Field(default_factory=dict)  # user -> bcrypt hash
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "WebConfig":
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file must be set together")
+        for user, hashed in self.basic_auth_users.items():
+            if not hashed.startswith(("$2a$", "$2b$", "$2y$")):
+                raise ValueError(
+                    f"basic_auth_users.{user}: expected a bcrypt hash ($2b$...), not a plain password"
+                )
+        return self
+
+
+class ExporterConfig(_Strict):
+    listen: str = "0.0.0.0:9877"
+    log_format: Literal["json", "console"] = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    allowed_targets: tuple[str, ...] = ()  # regexes a raw URL given to /probe must match in full
+    max_concurrent_probes: int = Field(default=8, ge=1, le=256)
+    history_size: int = Field(default=20, ge=1, le=1000)
+    history_failures_size: int = Field(default=50, ge=1, le=1000)
+    shutdown_grace: Duration = 10.0
+    web: WebConfig = Field(default_factory=WebConfig)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"expected HOST:PORT like 0.0.0.0:9877, got {value!r}")
+        return value
+
+    @field_validator("allowed_targets")
+    @classmethod
+    def _patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a valid regular expression: {exc}") from None
+        return value
+
+
+class BasicAuth(_Strict):
+    username: str
+    password: str = Field(repr=False)
+
+
+class TargetConfig(_Strict):
+    name: str
+    url: str
+    api: Literal["auto", "v1", "v2"] = "auto"
+    probes: Optional[tuple[str, ...]] = None  # None: every probe kind that applies
+    bearer_token: Optional[str] = Field(default=None, repr=False)
+    basic_auth: Optional[BasicAuth] = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(
+                "expected a short name of letters, digits, '_', '.', ':' or '-' (it becomes a label value)"
+            )
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not a URL: expected http(s)://HOST[:PORT][/PREFIX], got {value!r}")
+        if parts.query or parts.fragment:
+            raise ValueError("expected a base URL without query string or fragment")
+        return value.rstrip("/")
+
+    @field_validator("probes")
+    @classmethod
+    def _probes(cls, value: Optional[tuple[str, ...]]) -> Optional[tuple[str, ...]]:
+        for kind in value or ():
+            if kind not in PROBE_KINDS:
+                raise ValueError(f"unknown probe {kind!r}; expected some of {', '.join(PROBE_KINDS)}")
+        return value
+
+    def enabled_probes(self) -> tuple[str, ...]:
+        return self.probes if self.probes is not None else DEFAULT_PROBES
+
+
+class Schedule(_Strict):
+    interval: Duration
+    timeout: Duration
+
+    @model_validator(mode="after")
+    def _timeout_fits(self) -> "Schedule":
+        if self.timeout > self.interval:
+            raise ValueError(
+                f"timeout ({self.timeout:g}s) must not exceed interval ({self.interval:g}s)"
+            )
+        return self
+
+
+class Schedules(_Strict):
+    health: Schedule = Schedule(interval=60, timeout=5)
+    model_info: Schedule = Schedule(interval=15, timeout=5)
+    batch: Schedule = Schedule(interval=60, timeout=30)
+    stream: Schedule = Schedule(interval=60, timeout=30)
+    punctuation: Schedule = Schedule(interval=60, timeout=10)
+    vad: Schedule = Schedule(interval=60, timeout=15)
+    timestamp: Schedule = Schedule(interval=120, timeout=30)
+    stream_vad: Schedule = Schedule(interval=120, timeout=30)
+
+    def for_kind(self, kind: str) -> Schedule:
+        return getattr(self, kind)
+
+
+class Thresholds(_Strict):
+    """Alert and panel thresholds; the seed monitor's values are the defaults."""
+
+    cpu_usage_percent: Percent = 80
+    cpu_usage_critical_percent: Percent = 95
+    memory_usage_percent: Percent = 85
+    memory_usage_critical_percent: Percent = 95
+    disk_usage_percent: Percent = 90
+    disk_usage_critical_percent: Percent = 97
+    response_time_seconds: float = Field(default=5.0, gt=0)
+    error_rate_percent: Percent = 10
+    stream_first_result_seconds: float = Field(default=2.0, gt=0)
+    character_error_rate: float = Field(default=0.2, ge=0, le=1)
+    slo_availability_percent: float = Field(default=99.0, gt=0, lt=100)
+    slo_latency_percent: float = Field(default=95.0, gt=0, lt=100)
+    stale_after: Duration = 600.0
+    for_short: Duration = 120.0  # `for:` of alerts on fast-moving signals
+    for_long: Duration = 600.0  # `for:` of alerts on slow-moving signals
+
+    @model_validator(mode="after")
+    def _critical_above_warning(self) -> "Thresholds":
+        for name in ("cpu_usage", "memory_usage", "disk_usage"):
+            warn, crit = getattr(self, f"{name}_percent"), getattr(self, f"{name}_critical_percent")
+            if crit < warn:
+                raise ValueError(f"{name}_critical_percent ({crit:g}) is below {name}_percent ({warn:g})")
+        return self
+
+
+class ClipConfig(_Strict):
+    path: str
+    transcript: str = Field(min_length=1)
+
+
+class BatchProbe(_Strict):
+    clip: str = "default"
+    hotwords: tuple[str, ...] = ()
+    expect_hotwords: bool = False
+    max_cer: float = Field(default=0.2, ge=0, le=1)
+    allow_model_load: bool = False
+    batch_size_s: int = Field(default=300, ge=1)
+    batch_size_threshold_s: int = Field(default=60, ge=1)
+
+
+class PunctuationProbe(_Strict):
+    text: str = Field(default="今天天气很好我们去公园散步然后一起吃午饭", min_length=2)
+    allow_model_load: bool = False
+
+
+class VadProbe(_Strict):
+    clip: str = "default"
+    min_segments: int = Field(default=1, ge=0)
+    max_segments: int = Field(default=20, ge=1)
+    min_speech_ratio: float = Field(default=0.3, ge=0, le=1)  # speech time / clip duration
+    max_speech_ratio: float = Field(default=1.05, ge=0, le=2)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "VadProbe":
+        if self.min_segments > self.max_segments:
+            raise ValueError("min_segments must not exceed max_segments")
+        if self.min_speech_ratio > self.max_speech_ratio:
+            raise ValueError("min_speech_ratio must not exceed max_speech_ratio")
+        return self
+
+
+class TimestampProbe(_Strict):
+    clip: str = "default"
+    allow_model_load: bool = False
+
+
+class StreamProbe(_Strict):
+    clip: str = "default"
+    frame_ms: int = Field(default=100, ge=10, le=600)
+    pace: Literal["realtime", "fast"] = "realtime"
+    client_id_prefix: str = Field(default="whoasr-exporter", pattern=r"^[A-Za-z0-9_.-]{1,40}$")
+    max_cer: float = Field(default=0.2, ge=0, le=1)
+    allow_model_load: bool = False
+
+
+class StreamVadProbe(_Strict):
+    clip: str = "default"
+    frame_ms: int = Field(default=100, ge=10, le=600)
+    client_id_prefix: str = Field(default="whoasr-exporter-vad", pattern=r"^[A-Za-z0-9_.-]{1,40}$")
+
+
+class Probes(_Strict):
+    batch: BatchProbe = BatchProbe()
+    stream: StreamProbe = StreamProbe()
+    punctuation: PunctuationProbe = PunctuationProbe()
+    vad: VadProbe = VadProbe()
+    timestamp: TimestampProbe = TimestampProbe()
+    stream_vad: StreamVadProbe = StreamVadProbe()
+
+    def for_kind(self, kind: str) -> BaseModel:
+        return getattr(self, kind)
+
+
+class Config(_Strict):
+    exporter: ExporterConfig = Field(default_factory=ExporterConfig)
+    targets: tuple[TargetConfig, ...] = ()
+    schedules: Schedules = Field(default_factory=Schedules)
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+    clips: dict[str, ClipConfig] = Field(default_factory=dict)
+    probes: Probes = Field(default_factory=Probes)
+
+    @field_validator("targets")
+    @classmethod
+    def _unique_names(cls, value: tuple[TargetConfig, ...]) -> tuple[TargetConfig, ...]:
+        seen: set[str] = set()
+        for target in value:
+            if target.name in seen:
+                raise ValueError(f"target name {target.name!r} is used twice; names must be unique")
+            seen.add(target.name)
+        return value
+
+    @field_validator("clips")
+    @classmethod
+    def _no_default_override(cls, value: dict[str, ClipConfig]) -> dict[str, ClipConfig]:
+        if "default" in value:
+            raise ValueError("'default' is the built-in clip; give your clip another name")
+        return value
+
+    @model_validator(mode="after")
+    def _clip_references(self) -> "Config":
+        known = {"default", *self.clips}
+        for kind in PROBE_KINDS:
+            clip = getattr(self.probes.for_kind(kind), "clip", None)
+            if clip is not None and clip not in known:
+                raise ValueError(
+                    f"probes.{kind}.clip: unknown clip {clip!r}; define it under clips or use 'default'"
+                )
+        return self
+
+    def target(self, name: str) -> Optional[TargetConfig]:
+        return next((t for t in self.targets if t.name == name), None)
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part.startswith(("function-", "tagged-union")) or part in ("[key]",):
+            continue
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def _explain(error: dict[str, Any]) -> str:
+    kind, message = error["type"], error["msg"]
+    if kind == "extra_forbidden":
+        return "unknown key (check its spelling; see config.example.yaml for every key)"
+    if kind == "missing":
+        return "required but missing"
+    if kind == "literal_error":
+        return f"expected one of {error['ctx']['expected']}, got {error['input']!r}"
+    if message.startswith("Value error, "):
+        message = message[len("Value error, "):]
+    if kind.endswith("_type") or kind.endswith("_parsing"):
+        message = f"{message}, got {error['input']!r}"
+    return message
+
+
+def format_validation_error(source: str, exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        path = _field_path(error["loc"]) or "(top level)"
+        lines.append(f"{source}: {path}: {_explain(error)}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: str = "<config>") -> Config:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: (top level): expected a mapping of sections (exporter, targets, ...)")
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(source, exc)) from None
+    # Clip paths are relative to the config file; resolve them once so nothing later needs the source.
+    base = Path(source).parent if source != "<config>" else Path(".")
+    clips = {}
+    for name, clip in config.clips.items():
+        path = Path(clip.path) if Path(clip.path).is_absolute() else (base / clip.path).resolve()
+        if not path.is_file():
+            raise ConfigError(f"{source}: clips.{name}.path: no such file {str(path)!r}")
+        clips[name] = clip.model_copy(update={"path": str(path)})
+    return config.model_copy(update={"clips": clips})
+
+
+def load_config(path: str | Path) -> Config:
+    """Reads and validates a config file; raises ConfigError with every problem found."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(f"{source}: {where}not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    return parse_config(data, source)

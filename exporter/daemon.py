@@ -1,0 +1,186 @@
+"""The daemon: config -> scheduler -> scrape/probe -> result -> state/history, served over HTTP.
+
+It owns the shared HTTP session, one client and one health gate per target, and applies (re)loaded
+configs: a bad config is rejected and the running one kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from typing import Optional
+
+import aiohttp
+import structlog
+
+from exporter import logs
+from exporter.client import TargetClient, new_session
+from exporter.clips import ClipError, load_clip
+from exporter.config import SCRAPE_KINDS, Config, ConfigError, TargetConfig, load_config
+from exporter.gate import TargetGate
+from exporter.history import History
+from exporter.metrics import build_registry
+from exporter.probes import ProbeContext, failed, run_probe
+from exporter.results import Failure, ProbeResult, ScrapeResult, Trace
+from exporter.scheduler import Plan, Scheduler
+from exporter.scrape import scrape
+from exporter.state import ExporterState
+
+log = structlog.get_logger("exporter.daemon")
+
+
+class Daemon:
+    def __init__(self, config: Config, config_path: Optional[str] = None):
+        self.config = config
+        self.config_path = config_path
+        thresholds = config.thresholds
+        self.state = ExporterState(thresholds.response_time_seconds, thresholds.stream_first_result_seconds)
+        self.history = History(config.exporter.history_size, config.exporter.history_failures_size)
+        self.registry = build_registry(self.state)
+        self.session: Optional[aiohttp.ClientSession] = None
+        self.clients: dict[str, TargetClient] = {}
+        self.gates: dict[str, TargetGate] = {}
+        self.scheduler = Scheduler(self.run_job, self.state.record_skip, self.state.scheduler_lag.observe)
+        self.ready = False
+        self._reload_lock = asyncio.Lock()
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.session = new_session()
+        self.apply(self.config)
+        self.state.record_reload(True)
+        self.scheduler.start()
+        self.ready = True
+
+    async def stop(self, grace: Optional[float] = None) -> None:
+        self.ready = False
+        await self.scheduler.shutdown(self.config.exporter.shutdown_grace if grace is None else grace)
+        if self.session is not None:
+            await self.session.close()
+
+    def apply(self, config: Config) -> None:
+        """Switches to a validated config: clients, gates, state and jobs follow the new target list."""
+        self.config = config
+        self.state.set_thresholds(config.thresholds.response_time_seconds,
+                                  config.thresholds.stream_first_result_seconds)
+        clients: dict[str, TargetClient] = {}
+        for target in config.targets:
+            old = self.clients.get(target.name)
+            clients[target.name] = old if old is not None and old.target == target else self._client(target)
+            self.gates.setdefault(target.name, TargetGate())
+        self.clients = clients
+        self.gates = {name: gate for name, gate in self.gates.items() if name in clients}
+        self.state.set_targets({t.name: t.enabled_probes() for t in config.targets})
+        self.history.forget_targets(set(clients))
+        plans = {}
+        for target in config.targets:
+            for kind in (*SCRAPE_KINDS, *target.enabled_probes()):
+                schedule = config.schedules.for_kind(kind)
+                plans[(target.name, kind)] = Plan(schedule.interval, schedule.timeout)
+        self.scheduler.sync(plans)
+
+    def _client(self, target: TargetConfig) -> TargetClient:
+        assert self.session is not None
+        return TargetClient(self.session, target)
+
+    async def reload(self) -> tuple[bool, str]:
+        """Re-reads the config file; on any error the running config stays and the error is reported."""
+        async with self._reload_lock:
+            if not self.config_path:
+                return False, "no config file to reload"
+            try:
+                config = await asyncio.to_thread(load_config, self.config_path)
+            except ConfigError as exc:
+                self.state.record_reload(False)
+                log.error("config reload failed", reason="invalid_config", error=str(exc), path=self.config_path)
+                return False, str(exc)
+            self.apply(config)
+            self.state.record_reload(True)
+            log.info("config reloaded", path=self.config_path, targets=len(config.targets))
+            return True, f"reloaded {len(config.targets)} targets"
+
+    # --- runs -----------------------------------------------------------------------------------
+    async def run_job(self, target: str, kind: str, timeout: float) -> None:
+        """One scheduled run; whatever happens ends as a recorded result."""
+        client = self.clients.get(target)
+        if client is None:
+            return
+        if kind in SCRAPE_KINDS:
+            result = await self.scrape_now(client, kind, timeout)
+            self.state.record_scrape(result)
+            if not result.success:
+                log.warning("scrape failed", target=target, endpoint=kind, reason=result.reason, detail=result.detail)
+            return
+        probe_result = await self.probe_now(client, kind, timeout)
+        self.state.record_probe(probe_result)
+        self.history.add(probe_result)
+        if probe_result.applicable and not probe_result.success:
+            log.warning("probe failed", target=target, probe=kind, reason=probe_result.reason,
+                        step=probe_result.step, detail=probe_result.detail)
+        else:
+            log.debug("probe done", target=target, probe=kind, success=probe_result.success,
+                      duration_seconds=round(probe_result.duration_seconds, 4))
+
+    async def scrape_now(self, client: TargetClient, kind: str, timeout: float,
+                         trace: Optional[Trace] = None) -> ScrapeResult:
+        if kind == "health":
+            async with self.gate(client.name).exclusive():
+                return await scrape(client, kind, timeout, trace)
+        return await scrape(client, kind, timeout, trace)
+
+    async def probe_now(self, client: TargetClient, kind: str, timeout: float,
+                        trace: Optional[Trace] = None, cached_models: bool = True) -> ProbeResult:
+        settings = self.config.probes.for_kind(kind)
+        target_state = self.state.targets.get(client.name)
+        models = target_state.models_loaded() if (cached_models and target_state) else None
+        async with self.gate(client.name).shared():
+            ctx = ProbeContext(client=client, settings=settings, timeout=timeout, models_loaded=models,
+                               trace=trace or Trace())
+            clip_name = getattr(settings, "clip", None)
+            if clip_name is not None:
+                try:
+                    ctx.clip = await asyncio.to_thread(load_clip, self.config, clip_name)
+                except ClipError as exc:
+                    return failed(ctx, kind, Failure("check_failed", str(exc), step="clip"))
+            return await run_probe(kind, ctx)
+
+    def gate(self, target: str) -> TargetGate:
+        return self.gates.setdefault(target, TargetGate())
+
+
+async def serve(config: Config, config_path: Optional[str], host: str, port: int) -> int:
+    """Runs the daemon and its web server until SIGTERM/SIGINT; SIGHUP reloads the config."""
+    from exporter.server import start_server
+
+    daemon = Daemon(config, config_path)
+    await daemon.start()
+    runner = await start_server(daemon, host, port)
+    log.info("exporter listening", address=f"{host}:{port}", targets=len(config.targets))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(daemon.reload()))
+    await stop.wait()
+    log.info("shutting down", reason="signal")
+    daemon.ready = False
+    await daemon.stop()
+    await runner.cleanup()
+    log.info("stopped")
+    return 0
+
+
+def main(config_path: str, listen: Optional[str] = None, log_format: Optional[str] = None) -> int:
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        print("refusing to start with an invalid config", file=sys.stderr)
+        return 2
+    logs.setup(log_format or config.exporter.log_format, config.exporter.log_level)
+    host, _, port = (listen or config.exporter.listen).rpartition(":")
+    if not port.isdigit():
+        print(f"--listen: expected HOST:PORT, got {listen!r}", file=sys.stderr)
+        return 2
+    return asyncio.run(serve(config, config_path, host.strip("[]") or "0.0.0.0", int(port)))

@@ -1,0 +1,133 @@
+"""Synthetic probes: one module per kind, each `async def run(ctx: ProbeContext) -> ProbeResult`.
+
+A probe measures and returns a plain result; it knows nothing of Prometheus or scheduling. It stops at
+the first failing step by raising `Failure`; `run_probe` turns that, a blown deadline or a bug into a
+failed result, so nothing a target does can crash the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import time
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Mapping, Optional
+
+import structlog
+from pydantic import BaseModel
+
+from exporter.client import TargetClient
+from exporter.clips import Clip
+from exporter.health import parse_model_info
+from exporter.results import Failure, ProbeResult, Trace
+
+log = structlog.get_logger("exporter.probes")
+
+# The model type each probe kind needs, and whether whoAsr would load it on demand (blocking the
+# whole server for minutes) if it is not loaded.
+PROBE_MODELS = {
+    "batch": "offline_asr",
+    "stream": "streaming_asr",
+    "punctuation": "punctuation",
+    "vad": "vad",
+    "timestamp": "timestamp",
+    "stream_vad": "vad",
+}
+LOADS_ON_DEMAND = frozenset({"batch", "punctuation"})
+GUARD_SECONDS = 2.0  # beyond its own timeout, how long a probe may take before it is cut off
+
+
+@dataclass
+class ProbeContext:
+    client: TargetClient
+    settings: BaseModel  # the probes.<kind> section of the config
+    timeout: float
+    clip: Optional[Clip] = None
+    models_loaded: Optional[Mapping[str, bool]] = None  # last known model state; None: unknown
+    trace: Trace = field(default_factory=Trace)
+    progress: Optional[Callable[[str], None]] = None  # live progress for people (the probe CLI)
+
+    def __post_init__(self) -> None:
+        self._started = time.monotonic()
+        self.deadline = self._started + self.timeout
+
+    def remaining(self) -> float:
+        """Seconds left before this run's deadline (never below a small floor, so calls can fail cleanly)."""
+        return max(self.deadline - time.monotonic(), 0.001)
+
+    def new_result(self, kind: str) -> ProbeResult:
+        return ProbeResult(target=self.client.name, probe=kind, success=False, started_at=time.time(),
+                           duration_seconds=0.0)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self._started
+
+    def require_model(self, kind: str) -> None:
+        """Refuses a probe that would make whoAsr load its model on demand, unless the user allowed it."""
+        model = PROBE_MODELS[kind]
+        if kind not in LOADS_ON_DEMAND or getattr(self.settings, "allow_model_load", False):
+            return
+        if self.models_loaded is not None and self.models_loaded.get(model) is False:
+            raise Failure(
+                "model_not_loaded",
+                f"{model} is not loaded; not sending the request, since whoAsr would load it on demand and "
+                f"block for minutes (set probes.{kind}.allow_model_load: true to allow that)",
+                step="model_check",
+            )
+
+
+ProbeFunction = Callable[[ProbeContext], Awaitable[ProbeResult]]
+
+
+def probe_function(kind: str) -> ProbeFunction:
+    module = importlib.import_module(f"exporter.probes.{kind}")
+    return module.run
+
+
+async def fetch_models_loaded(ctx: ProbeContext) -> None:
+    """Fills in the model state when nothing cached is known (on-demand runs: /probe, the CLI)."""
+    if ctx.models_loaded is not None:
+        return
+    try:
+        _, document = await ctx.client.get_json("/model/info", min(ctx.remaining(), 5.0), ctx.trace)
+        ctx.models_loaded = parse_model_info(document).models_loaded
+    except Failure as failure:
+        ctx.trace(f"model state unknown ({failure.reason}); going on without it")
+
+
+async def run_probe(kind: str, ctx: ProbeContext) -> ProbeResult:
+    """Runs one probe to a result, whatever happens: its deadline is enforced here as a last resort."""
+    result: Optional[ProbeResult] = None
+    try:
+        async with asyncio.timeout(ctx.timeout + GUARD_SECONDS):
+            if kind in LOADS_ON_DEMAND:
+                await fetch_models_loaded(ctx)
+            result = await probe_function(kind)(ctx)
+    except Failure as failure:
+        result = failed(ctx, kind, failure)
+    except (asyncio.TimeoutError, TimeoutError):
+        result = failed(ctx, kind, Failure("timeout", f"cut off after {ctx.timeout + GUARD_SECONDS:g}s", step="guard"))
+    except Exception as exc:  # noqa: BLE001 - a probe bug must not take the daemon down
+        log.exception("probe crashed", target=ctx.client.name, probe=kind, reason="bad_response")
+        result = failed(ctx, kind, Failure("bad_response", f"probe error: {type(exc).__name__}: {exc}"[:200]))
+    if result.failed_without_reason():
+        result.reason = "check_failed"
+    result.duration_seconds = result.duration_seconds or ctx.elapsed()
+    result.trace = ctx.trace.lines
+    return result
+
+
+def failed(ctx: ProbeContext, kind: str, failure: Failure, result: Optional[ProbeResult] = None) -> ProbeResult:
+    """Marks a result (new or partly filled) as failed with the failure's reason, detail and step."""
+    result = result or ctx.new_result(kind)
+    result.success = False
+    result.reason = failure.reason
+    result.detail = failure.detail
+    result.step = failure.step
+    if failure.http_status is not None:
+        result.http_status = failure.http_status
+    if failure.error_body is not None:
+        result.error_body = failure.error_body
+    result.duration_seconds = ctx.elapsed()
+    ctx.trace(f"FAILED {failure.reason}" + (f" at {failure.step}" if failure.step else "") + f": {failure.detail}")
+    return result

@@ -1,0 +1,187 @@
+"""Plain result objects: what a scrape or a probe observed. Metrics and history derive from them."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+# The closed set of failure reasons (conventions.md). A failed run carries exactly one: the first that applies.
+REASONS = (
+    "connect_error",
+    "timeout",
+    "tls_error",
+    "http_4xx",
+    "http_5xx",
+    "model_not_loaded",
+    "bad_response",
+    "server_error",
+    "handshake_rejected",
+    "closed_early",
+    "no_result",
+    "empty_transcript",
+    "accuracy",
+    "check_failed",
+)
+
+ERROR_BODY_CHARS = 200
+
+_REDACTIONS = (
+    # Server temp paths (whoAsr's 500 texts include them) and anything that looks like a secret.
+    (re.compile(r"(/(?:tmp|var|home|root|private|Users)/[^\s'\"]*)"), "<path>"),
+    (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1<redacted>"),
+    (re.compile(r"(?i)((?:token|password|secret|api[_-]?key)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+"), r"\1<redacted>"),
+)
+
+
+def redact(text: str, limit: int = ERROR_BODY_CHARS) -> str:
+    """Bounded, secret- and path-free excerpt of a server's text, safe to show and log."""
+    for pattern, replacement in _REDACTIONS:
+        text = pattern.sub(replacement, text)
+    text = " ".join(text.split())
+    return text[:limit]
+
+
+class Trace:
+    """A readable log of one run (requests, statuses, messages, timings, checks) for &debug=true."""
+
+    def __init__(self, clock=time.monotonic):
+        self._clock = clock
+        self._start = clock()
+        self.lines: list[str] = []
+
+    def __call__(self, message: str) -> None:
+        self.lines.append(f"{self._clock() - self._start:8.3f}s  {message}")
+
+
+@dataclass
+class Failure(Exception):
+    """Raised inside a probe or scrape to stop at the first failing step; becomes the result's reason."""
+
+    reason: str
+    detail: str = ""
+    http_status: Optional[int] = None
+    error_body: Optional[str] = None
+    step: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        assert self.reason in REASONS, self.reason
+        super().__init__(f"{self.reason}: {self.detail}")
+
+
+@dataclass
+class StreamTimings:
+    connect_seconds: Optional[float] = None
+    first_result_seconds: Optional[float] = None
+    final_result_seconds: Optional[float] = None
+    partial_results: int = 0
+    final_received: bool = False
+    frames_sent: int = 0
+    max_pacing_error_seconds: Optional[float] = None
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclass
+class ProbeResult:
+    target: str
+    probe: str
+    success: bool
+    started_at: float  # unix time
+    duration_seconds: float
+    reason: Optional[str] = None
+    detail: str = ""
+    step: Optional[str] = None
+    applicable: bool = True  # False: the probe does not apply to this target (e.g. timestamps on v1)
+    http_status: Optional[int] = None
+    error_body: Optional[str] = None
+    transcript: Optional[str] = None
+    expected_transcript: Optional[str] = None
+    cer: Optional[float] = None
+    character_errors: Optional[int] = None
+    reference_characters: Optional[int] = None
+    audio_seconds: Optional[float] = None
+    processing_seconds: Optional[float] = None
+    stream: Optional[StreamTimings] = None
+    checks: list[Check] = field(default_factory=list)
+    trace: list[str] = field(default_factory=list)
+
+    def failed_without_reason(self) -> bool:
+        return not self.success and self.applicable and self.reason is None
+
+    @property
+    def real_time_factor(self) -> Optional[float]:
+        if self.audio_seconds and self.processing_seconds is not None:
+            return self.processing_seconds / self.audio_seconds
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {
+            "target": self.target,
+            "probe": self.probe,
+            "success": self.success,
+            "applicable": self.applicable,
+            "reason": self.reason,
+            "detail": self.detail,
+            "step": self.step,
+            "started_at": self.started_at,
+            "duration_seconds": round(self.duration_seconds, 6),
+            "http_status": self.http_status,
+            "error_body": self.error_body,
+            "transcript": self.transcript,
+            "expected_transcript": self.expected_transcript,
+            "cer": self.cer,
+            "audio_seconds": self.audio_seconds,
+            "processing_seconds": self.processing_seconds,
+            "real_time_factor": self.real_time_factor,
+            "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in self.checks],
+        }
+        if self.stream is not None:
+            data["stream"] = dict(vars(self.stream))
+        return data
+
+
+@dataclass
+class HealthState:
+    """What a `/health` answer said, in base units; None where the server did not say."""
+
+    status: Optional[str] = None
+    version: Optional[str] = None
+    models_loaded: dict[str, bool] = field(default_factory=dict)
+    total_loaded: Optional[int] = None
+    cpu_ratio: Optional[float] = None
+    memory_ratio: Optional[float] = None
+    memory_total_bytes: Optional[float] = None
+    memory_available_bytes: Optional[float] = None
+    disk_ratio: Optional[float] = None
+    active_connections: Optional[float] = None
+    uptime_seconds: Optional[float] = None
+    model_memory_bytes: dict[str, float] = field(default_factory=dict)
+    model_requests: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ModelInfoState:
+    models_loaded: dict[str, bool] = field(default_factory=dict)
+    total_loaded: Optional[int] = None
+
+
+@dataclass
+class ScrapeResult:
+    target: str
+    endpoint: str  # "health" | "model_info"
+    success: bool
+    finished_at: float
+    duration_seconds: float
+    reason: Optional[str] = None
+    detail: str = ""
+    http_status: Optional[int] = None
+    api: Optional[str] = None
+    health: Optional[HealthState] = None
+    model_info: Optional[ModelInfoState] = None

@@ -1,0 +1,162 @@
+"""The exporter's HTTP surface: /metrics, the status page, history, health and readiness.
+
+Handlers only read state: none of them waits on a whoAsr target (except /probe, which exists to).
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from typing import TYPE_CHECKING
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from aiohttp import web
+from prometheus_client.exposition import choose_encoder
+
+from exporter import __version__
+
+if TYPE_CHECKING:
+    from exporter.daemon import Daemon
+
+DAEMON = web.AppKey("daemon", object)
+
+
+def build_app(daemon: "Daemon") -> web.Application:
+    app = web.Application(client_max_size=64 * 1024)
+    app[DAEMON] = daemon
+    app.router.add_get("/", landing_page)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/-/healthy", healthy)
+    app.router.add_get("/-/ready", ready)
+    app.router.add_get("/api/history", history)
+    app.router.add_post("/-/reload", reload)
+    return app
+
+
+async def start_server(daemon: "Daemon", host: str, port: int) -> web.AppRunner:
+    runner = web.AppRunner(build_app(daemon), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    return runner
+
+
+async def metrics(request: web.Request) -> web.Response:
+    daemon: Daemon = request.app[DAEMON]
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    body = encoder(daemon.registry)
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def healthy(request: web.Request) -> web.Response:
+    return web.Response(text="Healthy\n")
+
+
+async def ready(request: web.Request) -> web.Response:
+    daemon: Daemon = request.app[DAEMON]
+    if daemon.ready:
+        return web.Response(text="Ready\n")
+    return web.Response(status=503, text="Not ready\n")
+
+
+async def history(request: web.Request) -> web.Response:
+    daemon: Daemon = request.app[DAEMON]
+    target = request.query.get("target") or None
+    probe = request.query.get("probe") or None
+    return web.json_response(daemon.history.to_json(target, probe), dumps=_dumps)
+
+
+async def reload(request: web.Request) -> web.Response:
+    daemon: Daemon = request.app[DAEMON]
+    ok, message = await daemon.reload()
+    return web.Response(status=200 if ok else 400, text=message + "\n")
+
+
+def _dumps(value) -> str:
+    import json
+
+    return json.dumps(value, ensure_ascii=False)
+
+
+def public_url(url: str) -> str:
+    """A target URL fit to show: no user:password part."""
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    return url
+
+
+def _age(timestamp: float | None, now: float) -> str:
+    return "never" if timestamp is None else f"{now - timestamp:.0f}s ago"
+
+
+async def landing_page(request: web.Request) -> web.Response:
+    daemon: Daemon = request.app[DAEMON]
+    now = time.time()
+    esc = html.escape
+    rows = []
+    for target in daemon.config.targets:
+        state = daemon.state.targets.get(target.name)
+        if state is None:
+            continue
+        scrapes = []
+        for endpoint in ("health", "model_info"):
+            ep = state.endpoints.get(endpoint)
+            if ep is None or ep.last_success is None:
+                scrapes.append(f"{endpoint}: pending")
+            elif ep.last_success:
+                scrapes.append(f"{endpoint}: ok ({ep.duration_seconds * 1000:.0f} ms, "
+                               f"{_age(ep.last_scrape_timestamp, now)})")
+            else:
+                scrapes.append(f"{endpoint}: <b>{esc(ep.last_reason or '')}</b> {esc(ep.last_detail[:120])}")
+        probes = []
+        for kind in target.enabled_probes():
+            latest = daemon.history.latest(target.name, kind)
+            link = f"/probe?target={quote(target.name)}&amp;module={kind}&amp;debug=true"
+            if latest is None:
+                status = "pending"
+            elif not latest.applicable:
+                status = "n/a"
+            elif latest.success:
+                status = f"ok {latest.duration_seconds:.2f}s" + (f", CER {latest.cer:.3f}" if latest.cer is not None else "")
+            else:
+                status = f"<b>{esc(latest.reason or 'failed')}</b>"
+            probes.append(f'<a href="{link}">{kind}</a>: {status}')
+        loaded = state.models_loaded() or {}
+        models = ", ".join(f"{esc(m)}{'' if ok else ' (not loaded)'}" for m, ok in sorted(loaded.items()))
+        rows.append(
+            "<tr>"
+            f"<td>{esc(target.name)}</td><td>{esc(public_url(target.url))}</td>"
+            f"<td>{esc(state.api or 'unknown')}</td>"
+            f"<td>{'up' if state.up else ('down' if state.up is False else 'pending')}</td>"
+            f"<td>{'<br>'.join(scrapes)}</td><td>{models or '-'}</td><td>{'<br>'.join(probes)}</td>"
+            f'<td><a href="/api/history?target={quote(target.name)}">history</a></td>'
+            "</tr>"
+        )
+    failures = []
+    for result in daemon.history.results()[:30]:
+        if result.success or not result.applicable:
+            continue
+        failures.append(
+            f"<tr><td>{time.strftime('%H:%M:%S', time.localtime(result.started_at))}</td>"
+            f"<td>{esc(result.target)}</td><td>{esc(result.probe)}</td><td>{esc(result.reason or '')}</td>"
+            f"<td>{result.http_status or ''}</td><td>{esc(result.detail[:200])}</td>"
+            f"<td>{esc(result.error_body or '')}</td></tr>"
+        )
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>whoasr-exporter</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top;text-align:left}}</style></head>
+<body><h1>whoasr-exporter {esc(__version__)}</h1>
+<p><a href="/metrics">Metrics</a> · <a href="/api/history">History (JSON)</a> ·
+<a href="/-/healthy">Healthy</a> · <a href="/-/ready">Ready</a></p>
+<h2>Targets</h2>
+<table><tr><th>Target</th><th>URL</th><th>API</th><th>State</th><th>Scrapes</th><th>Models</th>
+<th>Probes (last run; link runs it now with a debug log)</th><th></th></tr>
+{''.join(rows) or '<tr><td colspan="8">no targets configured</td></tr>'}</table>
+<h2>Recent failures</h2>
+<table><tr><th>Time</th><th>Target</th><th>Probe</th><th>Reason</th><th>HTTP</th><th>Detail</th><th>Body</th></tr>
+{''.join(failures) or '<tr><td colspan="7">none</td></tr>'}</table>
+</body></html>"""
+    return web.Response(text=page, content_type="text/html")
