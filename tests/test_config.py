@@ -1,0 +1,103 @@
+"""Config validation: every bad config names the file, the field and the fix; check-config exits 2."""
+
+import subprocess
+import sys
+
+import pytest
+
+from exporter.config import ConfigError, load_config, parse_config
+from tests.support import ROOT
+
+BAD_CONFIGS = [
+    # (yaml text, expected fragment of the one-line error)
+    ("targets:\n  - {name: a, url: 'ftp://x'}\n", "targets[0].url: not a URL"),
+    ("targets:\n  - {name: a, url: 'http://x'}\n  - {name: b, url: 'nope'}\n", "targets[1].url: not a URL"),
+    ("targets:\n  - {name: a, url: 'http://x', api: v3}\n", "targets[0].api: expected one of 'auto', 'v1' or 'v2'"),
+    ("targets:\n  - {name: a, url: 'http://x', colour: red}\n", "targets[0].colour: unknown key"),
+    ("targets:\n  - {url: 'http://x'}\n", "targets[0].name: required but missing"),
+    ("targets:\n  - {name: a, url: 'http://x'}\n  - {name: a, url: 'http://y'}\n", "targets: target name 'a' is used twice"),
+    ("targets:\n  - {name: 'has space', url: 'http://x'}\n", "targets[0].name: expected a short name"),
+    ("targets:\n  - {name: a, url: 'http://x', probes: [batch, dance]}\n", "targets[0].probes: unknown probe 'dance'"),
+    ("targets:\n  - {name: a, url: 'http://x/?key=1'}\n", "targets[0].url: expected a base URL without query string"),
+    ("schedules:\n  health: {interval: 10 parsecs, timeout: 5s}\n", "schedules.health.interval: expected a duration like 30s"),
+    ("schedules:\n  health: {interval: 5s, timeout: 10s}\n", "schedules.health: timeout (10s) must not exceed interval (5s)"),
+    ("schedules:\n  batch: {interval: -5s, timeout: 1s}\n", "schedules.batch.interval: expected a duration like 30s"),
+    ("thresholds: {cpu_usage_percent: 180}\n", "thresholds.cpu_usage_percent: Input should be less than or equal to 100"),
+    ("thresholds: {cpu_usage_percent: 90, cpu_usage_critical_percent: 85}\n", "cpu_usage_critical_percent (85) is below cpu_usage_percent (90)"),
+    ("thresholds: {response_time_seconds: fast}\n", "thresholds.response_time_seconds: Input should be a valid number"),
+    ("exporter: {listen: 'localhost'}\n", "exporter.listen: expected HOST:PORT"),
+    ("exporter: {log_format: xml}\n", "exporter.log_format: expected one of 'json' or 'console'"),
+    ("exporter: {allowed_targets: ['http://(']}\n", "exporter.allowed_targets: 'http://(' is not a valid regular expression"),
+    ("exporter: {web: {basic_auth_users: {admin: hunter2}}}\n", "expected a bcrypt hash"),
+    ("probes:\n  stream: {frame_ms: 1000}\n", "probes.stream.frame_ms: Input should be less than or equal to 600"),
+    ("probes:\n  batch: {clip: missing}\n", "probes.batch.clip: unknown clip 'missing'"),
+    ("clips:\n  mine: {path: /nonexistent/clip.wav, transcript: hi}\n", "clips.mine.path: no such file"),
+    ("tragets: []\n", "tragets: unknown key"),
+    ("- just\n- a list\n", "(top level): expected a mapping"),
+    ("targets: [\n", "not valid YAML"),
+]
+
+
+@pytest.mark.parametrize("text,expected", BAD_CONFIGS, ids=[e for _, e in BAD_CONFIGS])
+def test_bad_config_names_field_and_fix(tmp_path, text, expected):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: "), message
+    assert expected in message, message
+    assert len(message.splitlines()) == 1, message  # one problem, one line
+
+
+def test_check_config_exits_2_with_one_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("targets:\n  - {name: a, url: 'http://x'}\n  - {name: b, url: 'nope'}\n")
+    proc = subprocess.run([sys.executable, "-m", "exporter", "check-config", str(path)],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"{path}: targets[1].url: not a URL: expected http(s)://HOST[:PORT][/PREFIX], got 'nope'"
+
+
+def test_serve_refuses_invalid_config(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("exporter: {listen: '127.0.0.1:1'}\nschedules: {stream: {interval: 1s}}\n")
+    proc = subprocess.run([sys.executable, "-m", "exporter", "serve", "--config", str(path)],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 2
+    assert "schedules.stream.timeout: required but missing" in proc.stderr
+    assert "refusing to start" in proc.stderr
+
+
+def test_example_config_is_valid_and_typed():
+    config = load_config(ROOT / "config.example.yaml")
+    assert [t.name for t in config.targets] == ["asr-v1", "asr-v2"]
+    assert config.schedules.health.interval == 60.0 and config.schedules.health.timeout == 5.0
+    assert config.thresholds.cpu_usage_percent == 80 and config.thresholds.error_rate_percent == 10
+    assert config.thresholds.stale_after == 600.0
+    assert config.targets[0].enabled_probes() == ("batch", "stream", "punctuation", "vad", "timestamp")
+
+
+def test_durations_and_defaults():
+    config = parse_config({"schedules": {"batch": {"interval": "2m", "timeout": "1500ms"}}})
+    assert config.schedules.batch.interval == 120.0
+    assert config.schedules.batch.timeout == 1.5
+    assert config.exporter.listen == "0.0.0.0:9877"
+    assert config.targets == ()
+
+
+def test_clip_paths_resolve_against_the_config_file(tmp_path):
+    clip = tmp_path / "clips" / "hello.wav"
+    clip.parent.mkdir()
+    clip.write_bytes((ROOT / "exporter/data/default.wav").read_bytes())
+    path = tmp_path / "config.yaml"
+    path.write_text("clips:\n  hello: {path: clips/hello.wav, transcript: 你好}\nprobes:\n  batch: {clip: hello}\n")
+    config = load_config(path)
+    assert config.clips["hello"].path == str(clip)
+
+
+def test_secrets_are_not_in_repr():
+    config = parse_config({"targets": [{"name": "a", "url": "http://x", "bearer_token": "s3cr3t-token",
+                                        "basic_auth": {"username": "u", "password": "hunter2"}}]})
+    text = repr(config)
+    assert "s3cr3t-token" not in text and "hunter2" not in text
