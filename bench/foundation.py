@@ -1,0 +1,135 @@
+"""Foundation figures: /metrics render time with 200 targets, idle RSS, scheduler lag with 1,000 targets.
+
+    python bench/foundation.py [--lag-seconds 45]
+
+Targets: /metrics p99 < 20 ms with 200 targets; idle RSS < 60 MB; scheduler lag p99 < 1 s with 1,000
+targets scraped every 15 s (all on this 2-core machine). Everything runs on 127.0.0.1 and stops by pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import Child, free_port, percentile, rss_mb, start_simulator, wait_http  # noqa: E402
+
+
+def write_config(path: Path, port: int, target_url: str, count: int, interval: str, probes: bool) -> None:
+    lines = [f'exporter: {{listen: "127.0.0.1:{port}", log_format: json, log_level: warning}}', "targets:"]
+    probe_list = "" if probes else ", probes: []"
+    lines += [f'  - {{name: t{i:04d}, url: "{target_url}", api: v2{probe_list}}}' for i in range(count)]
+    lines += ["schedules:", f"  health: {{interval: {interval}, timeout: 5s}}",
+              f"  model_info: {{interval: {interval}, timeout: 5s}}"]
+    if probes:
+        lines += ["  batch: {interval: 20s, timeout: 10s}", "  punctuation: {interval: 20s, timeout: 10s}",
+                  "  vad: {interval: 20s, timeout: 10s}", "  timestamp: {interval: 20s, timeout: 10s}",
+                  "  stream: {interval: 20s, timeout: 19s}", "probes: {stream: {pace: fast}}"]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def scrape_times(url: str, count: int) -> list[float]:
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        with urllib.request.urlopen(url, timeout=10) as response:
+            response.read()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def histogram_quantile(text: str, name: str, q: float) -> tuple[float, int]:
+    buckets = []
+    for line in text.splitlines():
+        if line.startswith(name + "_bucket"):
+            le = line.split('le="')[1].split('"')[0]
+            buckets.append((float(le), float(line.rsplit(" ", 1)[1])))
+    total = buckets[-1][1]
+    rank = q * total
+    for bound, count in buckets:
+        if count >= rank:
+            return bound, int(total)
+    return float("inf"), int(total)
+
+
+def bench_metrics(tmp: Path, sim_url: str) -> None:
+    port = free_port()
+    config = tmp / "metrics.yaml"
+    write_config(config, port, sim_url, 200, "15s", probes=True)
+    exporter = Child([sys.executable, "-m", "exporter", "serve", "--config", str(config)], str(tmp / "m.log"))
+    try:
+        wait_http(f"http://127.0.0.1:{port}/-/healthy")
+        time.sleep(25)  # every target scraped and probed at least once
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+        series = sum(1 for line in body.decode().splitlines() if line and not line.startswith("#"))
+        times = scrape_times(f"http://127.0.0.1:{port}/metrics", 200)
+        print(f"/metrics, 200 targets x (state + 5 probes), {series} series, {len(body) / 1024:.0f} KiB:")
+        print(f"  GET /metrics p50 {percentile(times, 50) * 1000:.1f} ms  p99 {percentile(times, 99) * 1000:.1f} ms"
+              f"  max {max(times) * 1000:.1f} ms   (target: p99 < 20 ms)")
+        print(f"  RSS with 200 busy targets: {rss_mb(exporter.pid):.1f} MB")
+    finally:
+        exporter.stop()
+
+
+def bench_idle(tmp: Path) -> None:
+    port = free_port()
+    config = tmp / "idle.yaml"
+    config.write_text(f'exporter: {{listen: "127.0.0.1:{port}", log_level: warning}}\n'
+                      'targets: [{name: local, url: "http://127.0.0.1:9", probes: []}]\n')
+    exporter = Child([sys.executable, "-m", "exporter", "serve", "--config", str(config)])
+    try:
+        wait_http(f"http://127.0.0.1:{port}/-/healthy")
+        time.sleep(5)
+        print(f"idle daemon (1 target, no probes): RSS {rss_mb(exporter.pid):.1f} MB   (target: < 60 MB)")
+    finally:
+        exporter.stop()
+
+
+def bench_lag(tmp: Path, sim_urls: list[str], seconds: float) -> None:
+    port = free_port()
+    config = tmp / "lag.yaml"
+    lines = [f'exporter: {{listen: "127.0.0.1:{port}", log_format: json, log_level: error}}', "targets:"]
+    lines += [f'  - {{name: t{i:04d}, url: "{sim_urls[i % len(sim_urls)]}", api: v2, probes: []}}'
+              for i in range(1000)]
+    lines += ["schedules:", "  health: {interval: 15s, timeout: 5s}", "  model_info: {interval: 15s, timeout: 5s}"]
+    config.write_text("\n".join(lines) + "\n")
+    exporter = Child([sys.executable, "-m", "exporter", "serve", "--config", str(config)], str(tmp / "lag.log"))
+    try:
+        wait_http(f"http://127.0.0.1:{port}/-/healthy")
+        time.sleep(seconds)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        p50, total = histogram_quantile(text, "whoasr_exporter_scheduler_lag_seconds", 0.50)
+        p99, _ = histogram_quantile(text, "whoasr_exporter_scheduler_lag_seconds", 0.99)
+        ok = sum(1 for line in text.splitlines() if line.startswith("whoasr_up{") and line.endswith(" 1.0"))
+        print(f"scheduler, 1,000 targets x (health + model_info) every 15 s for {seconds:.0f} s: {total} runs")
+        print(f"  lag p50 <= {p50:g} s  p99 <= {p99:g} s (histogram bucket bounds)   (target: p99 < 1 s)")
+        print(f"  targets up: {ok}/1000   RSS {rss_mb(exporter.pid):.1f} MB")
+    finally:
+        exporter.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lag-seconds", type=float, default=45.0)
+    args = parser.parse_args()
+    sims = []
+    try:
+        for _ in range(2):
+            sims.append(start_simulator("v2", "--health-delay", "0"))
+        with tempfile.TemporaryDirectory() as tmp:
+            bench_idle(Path(tmp))
+            bench_metrics(Path(tmp), sims[0][1])
+            bench_lag(Path(tmp), [url for _, url in sims], args.lag_seconds)
+    finally:
+        for child, _ in sims:
+            child.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
