@@ -107,9 +107,10 @@ def exporter_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "exporter", *args]
 
 
-def start_simulator(tmp_path: Path, api: str = "v2", *extra: str, health_delay: float = 0.05, name: str | None = None):
-    """Starts `whoasr-exporter simulate` on a free port; returns (process, base_url)."""
-    port = free_port()
+def start_simulator(tmp_path: Path, api: str = "v2", *extra: str, health_delay: float = 0.05, name: str | None = None,
+                    port: int | None = None):
+    """Starts `whoasr-exporter simulate` on `port` or a free one; returns (process, base_url)."""
+    port = port or free_port()
     log = tmp_path / f"{name or 'sim-' + api}-{port}.log"
     proc = ManagedProcess(
         exporter_cmd("simulate", "--api", api, "--host", LOOPBACK, "--port", str(port),
