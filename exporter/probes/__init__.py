@@ -11,15 +11,17 @@ import asyncio
 import importlib
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Mapping, Optional
+from typing import TYPE_CHECKING, Awaitable, Callable, Mapping, Optional
 
 import structlog
 from pydantic import BaseModel
 
 from exporter.client import TargetClient
-from exporter.clips import Clip
 from exporter.health import parse_model_info
 from exporter.results import Failure, ProbeResult, Trace
+
+if TYPE_CHECKING:  # clips pull in numpy and libsndfile: loaded only once a probe needs a clip
+    from exporter.clips import Clip
 
 log = structlog.get_logger("exporter.probes")
 
@@ -42,7 +44,7 @@ class ProbeContext:
     client: TargetClient
     settings: BaseModel  # the probes.<kind> section of the config
     timeout: float
-    clip: Optional[Clip] = None
+    clip: Optional["Clip"] = None
     models_loaded: Optional[Mapping[str, bool]] = None  # last known model state; None: unknown
     trace: Trace = field(default_factory=Trace)
     progress: Optional[Callable[[str], None]] = None  # live progress for people (the probe CLI)
