@@ -1,0 +1,383 @@
+"""The batch-path probes (batch, punctuation, vad, timestamp) against the real simulator, both generations.
+
+One simulator process per generation serves the whole module; every test starts from a clean state
+(no faults, all models loaded, zero counters), injects what it needs through the admin API and checks
+the reason and the measured values of one `run_probe`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import urllib.request
+import wave
+
+import pytest
+
+from exporter.client import Reply, TargetClient, new_session
+from exporter.clips import Clip, builtin_clip, decode
+from exporter.config import BatchProbe, PunctuationProbe, TargetConfig, TimestampProbe, VadProbe
+from exporter.probes import ProbeContext, run_probe
+from exporter.probes.batch import _transcript
+from exporter.probes.common import audio_form
+from exporter.probes.timestamp import V1_DETAIL
+from exporter.probes.vad import _segments
+from exporter.results import Failure
+from tests.support import free_port, start_simulator
+
+pytestmark = pytest.mark.timeout(20)
+
+SETTINGS = {"batch": BatchProbe, "punctuation": PunctuationProbe, "vad": VadProbe, "timestamp": TimestampProbe}
+MODELS = ("streaming_asr", "offline_asr", "punctuation", "vad", "timestamp")
+KINDS_V1 = ("batch", "punctuation", "vad")  # timestamp does not apply to v1
+CLIP = builtin_clip()
+SLACK = 0.15  # how far above an injected latency a run may end
+ENDPOINT = {"batch": "recognize", "punctuation": "punctuation", "vad": "vad", "timestamp": "timestamp"}
+
+
+def kinds_of(api: str) -> tuple[str, ...]:
+    return KINDS_V1 if api == "v1" else (*KINDS_V1, "timestamp")
+
+
+def admin(url: str, method: str, path: str, body: object = None) -> dict:
+    """One call to the simulator's /-/sim/ control API."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url + "/-/sim/" + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def fault(url: str, endpoint: str, **faults) -> None:
+    admin(url, "PUT", f"faults/{endpoint}", faults)
+
+
+def set_model(url: str, model: str, **state) -> None:
+    admin(url, "PUT", f"models/{model}", state)
+
+
+def requests_seen(url: str, endpoint: str) -> int:
+    return admin(url, "GET", "stats")["requests"][endpoint]
+
+
+def reset(url: str) -> str:
+    """No faults, every model loaded (loads quick and successful), zero counters."""
+    admin(url, "DELETE", "faults")
+    for model in MODELS:
+        set_model(url, model, loaded=True, fail_load=False)
+    admin(url, "PUT", "load_delay", {"seconds": 0.05})
+    admin(url, "DELETE", "stats")
+    return url
+
+
+@pytest.fixture(scope="module")
+def simulators(tmp_path_factory):
+    started = {}
+    try:
+        for api in ("v1", "v2"):
+            started[api] = start_simulator(tmp_path_factory.mktemp(api), api)
+        yield {api: url for api, (_, url) in started.items()}
+    finally:
+        for proc, _ in started.values():
+            proc.stop()
+
+
+@pytest.fixture(params=["v1", "v2"])
+def sim(request, simulators):
+    """The simulator of one generation, reset to a clean state."""
+    return request.param, reset(simulators[request.param])
+
+
+@pytest.fixture
+def v2(simulators):
+    """The v2 simulator alone (timestamps exist only there), reset."""
+    return reset(simulators["v2"])
+
+
+async def probe(url: str, kind: str, timeout: float = 5.0, clip: Clip = CLIP, **settings):
+    """Runs one probe of `kind` the way the scheduler does, with a fresh session and client."""
+    async with new_session() as session:
+        client = TargetClient(session, TargetConfig(name="sim", url=url, api="auto"))
+        ctx = ProbeContext(client=client, settings=SETTINGS[kind](**settings), timeout=timeout, clip=clip)
+        return await run_probe(kind, ctx)
+
+
+def assert_failed(result, reason: str) -> None:
+    assert (result.success, result.reason) == (False, reason), (result.detail, result.trace)
+
+
+# ---------------------------------------------------------------- no fault: every probe passes
+
+@pytest.mark.parametrize("kind", ["batch", "punctuation", "vad", "timestamp"])
+async def test_probe_passes_without_faults(sim, kind):
+    api, url = sim
+    if api == "v1" and kind == "timestamp":
+        pytest.skip("covered by test_timestamp_is_not_applicable_on_v1")
+    result = await probe(url, kind)
+    assert result.success, (result.reason, result.detail, result.trace)
+    assert result.reason is None and result.http_status == 200
+    assert all(c.ok for c in result.checks) and result.checks
+    assert requests_seen(url, ENDPOINT[kind]) == 1
+
+
+async def test_batch_exact_transcript_has_zero_cer(sim):
+    # Both generations accept the upload only as sent (v1: Content-Type audio/wav, v2: a .wav name).
+    _, url = sim
+    result = await probe(url, "batch")
+    assert result.success
+    assert result.transcript.rstrip("。") == CLIP.transcript == result.expected_transcript
+    assert (result.cer, result.character_errors, result.reference_characters) == (0.0, 0, len(CLIP.transcript))
+    assert result.audio_seconds == pytest.approx(CLIP.duration_seconds)
+    assert 0 < result.processing_seconds < result.duration_seconds
+    assert result.real_time_factor == pytest.approx(result.processing_seconds / CLIP.duration_seconds)
+
+
+@pytest.mark.parametrize("substituted, passes", [(1, True), (2, True), (3, False)])
+async def test_batch_cer_counts_substituted_characters(sim, substituted, passes):
+    _, url = sim
+    fault(url, "recognize", substitute_chars=substituted)
+    result = await probe(url, "batch", max_cer=0.2)
+    assert len(CLIP.transcript) == 11
+    assert result.cer == substituted / 11
+    assert (result.character_errors, result.reference_characters) == (substituted, 11)
+    if passes:
+        assert result.success
+    else:
+        assert_failed(result, "accuracy")
+        assert "3/11" in result.detail
+
+
+@pytest.mark.parametrize("kind", ["batch", "punctuation", "vad", "timestamp"])
+async def test_injected_latency_is_measured(sim, kind):
+    api, url = sim
+    if kind not in kinds_of(api):
+        pytest.skip("timestamp does not apply to v1")
+    fault(url, ENDPOINT[kind], latency=0.3)
+    result = await probe(url, kind)
+    assert result.success
+    assert 0.3 <= result.duration_seconds <= 0.3 + SLACK
+    if kind in ("batch", "vad", "timestamp"):  # audio went up: the server's time on it is measured
+        assert 0.3 <= result.processing_seconds <= result.duration_seconds
+
+
+async def test_batch_hotwords(sim):
+    _, url = sim
+    result = await probe(url, "batch", hotwords=("今天", "公园"), expect_hotwords=True)
+    assert result.success and result.checks[-1].name == "hotwords"
+    result = await probe(url, "batch", hotwords=("达摩院", "公园"), expect_hotwords=True)
+    assert_failed(result, "check_failed")
+    assert "达摩院" in result.detail and result.cer == 0.0  # what was measured before the check survives
+    result = await probe(url, "batch", hotwords=("达摩院",))  # not expected: sent, but not checked
+    assert result.success
+
+
+async def test_punctuation_adds_marks(sim):
+    _, url = sim
+    result = await probe(url, "punctuation")
+    assert result.success
+    assert result.expected_transcript == PunctuationProbe().text
+    assert result.transcript != result.expected_transcript and "。" in result.transcript
+
+
+async def test_vad_reports_speech_in_the_clip(sim):
+    _, url = sim
+    result = await probe(url, "vad")
+    assert result.success
+    assert result.audio_seconds == pytest.approx(CLIP.duration_seconds)
+    assert result.processing_seconds > 0
+
+
+async def test_vad_bounds_fail_with_numbers(sim):
+    _, url = sim
+    result = await probe(url, "vad", min_segments=5, max_segments=9)
+    assert_failed(result, "check_failed")
+    assert "expected 5 to 9" in result.detail
+    result = await probe(url, "vad", min_speech_ratio=0.99, max_speech_ratio=1.0)
+    assert_failed(result, "check_failed")
+    assert result.step == "speech_ratio" and "ratio" in result.detail
+
+
+async def test_timestamp_passes_on_v2(v2):
+    result = await probe(v2, "timestamp")
+    assert result.success and result.applicable
+    assert [c.name for c in result.checks] == ["results", "text_aligned", "times"]
+    assert requests_seen(v2, "timestamp") == 1
+
+
+async def test_timestamp_is_not_applicable_on_v1(simulators):
+    url = reset(simulators["v1"])
+    result = await probe(url, "timestamp")
+    assert (result.applicable, result.success, result.reason) == (False, False, None)
+    assert result.detail == V1_DETAIL
+    assert requests_seen(url, "timestamp") == 0
+
+
+# ---------------------------------------------------------------- faults -> reasons
+
+HTTP_FAULTS = [
+    ({"status": 400}, "http_4xx"),
+    ({"status": 404}, "http_4xx"),
+    ({"status": 500}, "http_5xx"),
+    ({"status": 502}, "http_5xx"),
+    ({"garbage": True}, "bad_response"),
+    ({"wrong_shape": True}, "bad_response"),
+    ({"wrong_shape": "list"}, "bad_response"),
+]
+
+
+@pytest.mark.parametrize("faults, reason", HTTP_FAULTS, ids=[f"{next(iter(f))}-{r}" for f, r in HTTP_FAULTS])
+async def test_http_fault_gives_reason(sim, faults, reason):
+    api, url = sim
+    for kind in kinds_of(api):
+        fault(url, ENDPOINT[kind], **faults)
+        result = await probe(url, kind)
+        assert_failed(result, reason)
+        if "status" in faults:
+            assert result.http_status == faults["status"] and result.error_body
+
+
+@pytest.mark.parametrize("kind", ["batch", "punctuation", "vad", "timestamp"])
+async def test_latency_beyond_timeout_is_timeout(sim, kind):
+    api, url = sim
+    if kind not in kinds_of(api):
+        pytest.skip("timestamp does not apply to v1")
+    fault(url, ENDPOINT[kind], latency=1.0)
+    result = await probe(url, kind, timeout=0.4)
+    assert_failed(result, "timeout")
+    assert 0.4 <= result.duration_seconds <= 0.4 + SLACK
+
+
+@pytest.mark.parametrize("kind", ["batch", "punctuation", "vad", "timestamp"])
+async def test_hang_is_timeout_within_bound(sim, kind):
+    api, url = sim
+    if kind not in kinds_of(api):
+        pytest.skip("timestamp does not apply to v1")
+    fault(url, ENDPOINT[kind], hang=True)
+    result = await probe(url, kind, timeout=0.5)
+    assert_failed(result, "timeout")
+    assert 0.5 <= result.duration_seconds <= 0.5 + SLACK
+
+
+async def test_model_exception(sim):
+    api, url = sim
+    expected = {"batch": "http_5xx", "punctuation": "check_failed", "vad": "http_5xx", "timestamp": "http_5xx"}
+    for kind in kinds_of(api):
+        fault(url, ENDPOINT[kind], model_exception=True)
+        result = await probe(url, kind)
+        assert_failed(result, expected[kind])
+        if kind == "punctuation":  # whoAsr answers 200 with the text unchanged
+            assert result.http_status == 200 and "unchanged" in result.detail
+
+
+async def test_undecodable_upload_error_body_is_redacted(sim):
+    _, url = sim
+    # A clip the server cannot decode: its 500 names the server's temp file.
+    clip = Clip(name="bad", transcript=CLIP.transcript, file_bytes=b"not audio at all", samples=CLIP.samples,
+                source_rate=16000)
+    result = await probe(url, "batch", clip=clip)
+    assert_failed(result, "http_5xx")
+    assert "/tmp/" not in result.error_body and "<path>" in result.error_body
+
+
+def silent_clip():
+    """Two seconds of silence, labelled with the default transcript: whoAsr hears nothing."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as wav:
+        wav.setnchannels(1), wav.setsampwidth(2), wav.setframerate(16000)
+        wav.writeframes(b"\0\0" * 32000)
+    return decode("silence", buffer.getvalue(), CLIP.transcript)
+
+
+async def test_silence_is_empty_transcript_counted_as_all_wrong(sim):
+    _, url = sim
+    result = await probe(url, "batch", clip=silent_clip())
+    assert_failed(result, "empty_transcript")
+    assert (result.transcript, result.cer, result.character_errors, result.reference_characters) == ("", 1.0, 11, 11)
+    assert result.audio_seconds == 2.0
+
+
+@pytest.mark.parametrize("kind", ["batch", "punctuation"])
+async def test_unloaded_on_demand_model_is_not_requested(sim, kind):
+    _, url = sim
+    set_model(url, "offline_asr" if kind == "batch" else "punctuation", loaded=False)
+    result = await probe(url, kind)
+    assert_failed(result, "model_not_loaded")
+    assert result.step == "model_check" and result.http_status is None
+    assert requests_seen(url, ENDPOINT[kind]) == 0
+
+
+async def test_batch_allow_model_load_sends_the_request(sim):
+    _, url = sim
+    set_model(url, "offline_asr", loaded=False)
+    result = await probe(url, "batch", allow_model_load=True)
+    assert result.success
+    assert requests_seen(url, "recognize") == 1
+    # A failed on-demand load says "Failed to load": a server error, not a known-unloaded model.
+    set_model(url, "offline_asr", loaded=False, fail_load=True)
+    result = await probe(url, "batch", allow_model_load=True)
+    assert_failed(result, "http_5xx")
+
+
+async def test_punctuation_with_failing_model_load_is_check_failed(sim):
+    _, url = sim
+    set_model(url, "punctuation", loaded=False, fail_load=True)
+    result = await probe(url, "punctuation", allow_model_load=True)
+    assert_failed(result, "check_failed")
+    assert "unchanged" in result.detail and result.http_status == 200
+
+
+async def test_vad_not_loaded_is_503_model_not_loaded(sim):
+    _, url = sim
+    set_model(url, "vad", loaded=False)
+    result = await probe(url, "vad")
+    assert_failed(result, "model_not_loaded")
+    assert result.http_status == 503 and "VAD model not loaded" in result.detail
+    assert requests_seen(url, "vad") == 1
+
+
+async def test_timestamp_not_loaded_is_503_model_not_loaded(v2):
+    set_model(v2, "timestamp", loaded=False)
+    result = await probe(v2, "timestamp")
+    assert_failed(result, "model_not_loaded")
+    assert result.http_status == 503
+
+
+@pytest.mark.parametrize("kind", ["batch", "punctuation", "vad", "timestamp"])
+async def test_connection_refused_is_connect_error(kind):
+    result = await probe(f"http://127.0.0.1:{free_port()}", kind, timeout=2.0)
+    assert_failed(result, "connect_error")
+    assert result.duration_seconds < 1.0
+
+
+# ---------------------------------------------------------------- shapes the simulator does not send
+
+def reply(document) -> Reply:
+    return Reply(200, json.dumps(document, ensure_ascii=False).encode(), 0.01, "application/json")
+
+
+def test_documented_shapes_are_read():
+    assert _transcript(reply({}), {"success": True, "text": "今天"}) == "今天"
+    assert _transcript(reply({}), {"results": [{"text": "今"}, {"text": "天"}]}) == "今天"
+    assert _segments(reply({}), {"speech_segments": [[0, 500], [900, 1200]]}) == [(0, 500), (900, 1200)]
+    for document in ({"results": [{"txt": 1}]}, {"results": "x"}, {}):
+        with pytest.raises(Failure) as caught:
+            _transcript(reply(document), document)
+        assert caught.value.reason == "bad_response"
+    for segments in ([[5, 1]], [[0]], [["a", 1]], "x", [[True, 2]]):
+        with pytest.raises(Failure):
+            _segments(reply({}), {"segments": segments})
+
+
+async def test_upload_part_satisfies_both_generations():
+    form = audio_form(CLIP, "file", hotword=None, batch_size_s="300")
+    payload = form()
+    chunks = []
+
+    class Sink:
+        async def write(self, data):
+            chunks.append(bytes(data))
+
+    await payload.write(Sink())
+    body = b"".join(chunks)
+    assert b'filename="probe.wav"' in body and b"Content-Type: audio/wav" in body
+    assert b'name="batch_size_s"' in body and b"hotword" not in body
