@@ -462,6 +462,21 @@ async def test_stream_silence_gives_no_results(v2):
     assert [m["message"] for m in messages] == ["Recording started", "Recording stopped"]
 
 
+async def test_stream_int16_audio_is_misread_without_an_error(v2):
+    pcm = (CLIP * 32767).astype("<i2").tobytes()
+    async with v2.ws("/ws/int16-1") as ws:
+        await ws.send_json({"type": "start_recording"})
+        for i in range(0, len(pcm), FRAME * 2):
+            await ws.send_json({"type": "audio_chunk", "data": base64.b64encode(pcm[i:i + FRAME * 2]).decode()})
+        await ws.send_json({"type": "stop_recording"})
+        messages = [await receive(ws)]
+        while messages[-1].get("message") != "Recording stopped":
+            messages.append(await receive(ws))
+    joined = "".join(p["text"] for p in results(messages))
+    assert joined and not (set(joined) & set(TRANSCRIPT))
+    assert not any(m["type"] == "error" for m in messages)
+
+
 async def test_stream_unloaded_model_errors_per_stride():
     async with simulator("v1", unloaded=("streaming_asr",)) as v1:
         samples = CLIP[: 9600 * 3]
@@ -659,6 +674,29 @@ async def test_stream_vad_model_exception(v2):
     async with v2.ws("/vad/ws/vad-exc") as ws:
         messages = await stream_session_vad(ws, CLIP[:3200 * 2])
     assert [m["message"] for m in messages if m["type"] == "error"] == ["VAD processing error: injected model exception"] * 2
+
+
+async def test_health_and_model_info_model_exception(v2):
+    await v2.fault("health", model_exception=True)
+    status, body = await v2.json("GET", "/health")
+    assert status == 200 and body["status"] == "healthy"
+    assert set(body["system"].values()) == {"unknown"}  # psutil failing upstream
+    await v2.fault("model_info", model_exception=True)
+    status, body = await v2.json("GET", "/model/info")
+    assert status == 500 and body["detail"].startswith("Failed to get model info: ")
+
+
+async def test_stream_vad_never_start_and_wrong_shape(v2):
+    await v2.fault("stream_vad", never_start=True)
+    async with v2.ws("/vad/ws/vad-never") as ws:
+        await ws.send_json({"type": "start_vad"})
+        assert await nothing_within(ws, 0.3)
+        await ws.send_json({"type": "ping"})
+        assert await receive(ws) == {"type": "pong"}
+    await v2.fault("stream_vad", wrong_shape=True)
+    async with v2.ws("/vad/ws/vad-shape") as ws:
+        await ws.send_json({"type": "ping"})
+        assert await receive(ws) == {"unexpected": True}
 
 
 async def test_stats_show_what_reached_the_server(v2):

@@ -1,8 +1,9 @@
 """A faithful fake whoAsr server (both API generations) for tests, benchmarks and demos.
 
-It follows docs whoasr-api.md, quirks included: /health blocks the whole server for `health_delay`,
-model loads and v1 inference block it too, v2 answers unknown GETs with HTML, streaming results are
-incremental pieces, a malformed WebSocket message leaves a silent "zombie" socket, and so on.
+It follows the shared description of whoAsr on the wire (whoasr-api.md), quirks included: /health
+blocks the whole server for `health_delay`, model loads and v1 inference block it too, v2 answers
+unknown GETs with HTML, streaming results are incremental pieces, a malformed WebSocket message leaves a
+silent "zombie" socket, and so on.
 
 Admin API (JSON in and out, under a prefix whoAsr never uses):
   PUT    /-/sim/faults/{endpoint}   {"latency": s, "status": code, "garbage": true, "wrong_shape": true|"list",

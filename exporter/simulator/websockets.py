@@ -40,6 +40,7 @@ class Session:
     processed: int = 0          # samples run through the model since start_recording
     chars_sent: int = 0
     heard_speech: bool = False
+    garbled: bool = False       # int16 audio misread as float32 was heard: the rest is nonsense too
     results_sent: int = 0
     vad: EnergyVad = field(default_factory=EnergyVad)
 
@@ -148,7 +149,8 @@ async def _start_recording(sim: SimState, client_id: str) -> None:
     session = sim.stream_sessions.get(client_id)
     if session is not None:
         session.buffer = np.zeros(0, dtype=np.float32)
-        session.recording, session.processed, session.chars_sent, session.heard_speech = True, 0, 0, False
+        session.recording, session.processed, session.chars_sent = True, 0, 0
+        session.heard_speech = session.garbled = False
     sim.use_model("streaming_asr")
     if not sim.fault("stream").get("never_start"):
         await send(sim, "stream", session, {"type": "status", "message": "Recording started"})
@@ -182,8 +184,8 @@ async def _audio_chunk(sim: SimState, client_id: str, data: Any) -> None:
 def _recognize(sim: SimState, session: Session, samples: np.ndarray, final: bool) -> str:
     """The fake streaming model: the transcript advances one character per ms_per_char of audio heard,
     holding back the last character until the final call. Silence alone yields nothing."""
-    garbled = is_garbled(samples)
-    if garbled or speech_segments(samples, SAMPLE_RATE):
+    session.garbled = session.garbled or is_garbled(samples)
+    if session.garbled or speech_segments(samples, SAMPLE_RATE):
         session.heard_speech = True
     if not session.heard_speech:
         return ""
@@ -194,7 +196,7 @@ def _recognize(sim: SimState, session: Session, samples: np.ndarray, final: bool
         upto = min(session.processed * 1000 // SAMPLE_RATE // sim.options.ms_per_char, max(len(text) - 1, 0))
     piece = text[session.chars_sent:upto]
     session.chars_sent = max(session.chars_sent, upto)
-    return GARBLED_CHAR * len(piece) if garbled else piece
+    return GARBLED_CHAR * len(piece) if session.garbled else piece
 
 
 async def _stop_recording(sim: SimState, client_id: str) -> None:
