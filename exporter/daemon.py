@@ -16,11 +16,11 @@ import structlog
 
 from exporter import logs
 from exporter.client import TargetClient, new_session
-from exporter.clips import ClipError, load_clip
 from exporter.config import SCRAPE_KINDS, Config, ConfigError, TargetConfig, load_config
 from exporter.gate import TargetGate
 from exporter.history import History
-from exporter.metrics import build_registry
+from exporter.exposition import Exposition
+from exporter.metrics import process_registry
 from exporter.probes import ProbeContext, failed, run_probe
 from exporter.results import Failure, ProbeResult, ScrapeResult, Trace
 from exporter.scheduler import Plan, Scheduler
@@ -37,7 +37,7 @@ class Daemon:
         thresholds = config.thresholds
         self.state = ExporterState(thresholds.response_time_seconds, thresholds.stream_first_result_seconds)
         self.history = History(config.exporter.history_size, config.exporter.history_failures_size)
-        self.registry = build_registry(self.state)
+        self.exposition = Exposition(self.state, process_registry())
         self.session: Optional[aiohttp.ClientSession] = None
         self.clients: dict[str, TargetClient] = {}
         self.gates: dict[str, TargetGate] = {}
@@ -139,6 +139,8 @@ class Daemon:
                                trace=trace or Trace())
             clip_name = getattr(settings, "clip", None)
             if clip_name is not None:
+                from exporter.clips import ClipError, load_clip
+
                 try:
                     ctx.clip = await asyncio.to_thread(load_clip, self.config, clip_name)
                 except ClipError as exc:

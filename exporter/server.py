@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from aiohttp import web
-from prometheus_client.exposition import choose_encoder
 
 from exporter import __version__
+from exporter.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, wants_openmetrics
 
 if TYPE_CHECKING:
     from exporter.daemon import Daemon
@@ -43,9 +43,10 @@ async def start_server(daemon: "Daemon", host: str, port: int) -> web.AppRunner:
 
 async def metrics(request: web.Request) -> web.Response:
     daemon: Daemon = request.app[DAEMON]
-    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-    body = encoder(daemon.registry)
-    return web.Response(body=body, headers={"Content-Type": content_type})
+    openmetrics = wants_openmetrics(request.headers.get("Accept", ""))
+    body = daemon.exposition.render(openmetrics)
+    return web.Response(body=body, headers={"Content-Type": OPENMETRICS_CONTENT_TYPE if openmetrics
+                                                           else TEXT_CONTENT_TYPE})
 
 
 async def healthy(request: web.Request) -> web.Response:

@@ -11,7 +11,7 @@ import bisect
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from exporter.results import HealthState, ModelInfoState, ProbeResult, ScrapeResult
 
@@ -117,9 +117,13 @@ class TargetState:
         return self.health.total_loaded if self.health is not None else None
 
 
+Listener = Callable[[str, Optional[str]], None]  # (target, section: "state" | probe kind | None = all)
+
+
 class ExporterState:
     def __init__(self, response_time_seconds: float = 5.0, stream_first_result_seconds: float = 2.0):
         self.targets: dict[str, TargetState] = {}
+        self.listeners: list[Listener] = []  # told which part of which target changed
         self.config_reload_successful: Optional[bool] = None
         self.config_reload_success_timestamp: Optional[float] = None
         self.scheduler_lag = Histogram(SCHEDULER_LAG_BUCKETS)
@@ -130,18 +134,24 @@ class ExporterState:
         self.probe_buckets = with_thresholds(PROBE_DURATION_BUCKETS, response_time_seconds)
         self.stream_buckets = with_thresholds(STREAM_BUCKETS, stream_first_result_seconds)
 
+    def _changed(self, target: str, section: Optional[str]) -> None:
+        for listener in self.listeners:
+            listener(target, section)
+
     # --- targets --------------------------------------------------------------------------------
     def set_targets(self, scheduled: dict[str, tuple[str, ...]]) -> None:
         """Keeps exactly these targets (name -> probe kinds scheduled); a removed target's series vanish."""
         for name in list(self.targets):
             if name not in scheduled:
                 del self.targets[name]
+                self._changed(name, None)
         for name, probes in scheduled.items():
             target = self.targets.setdefault(name, TargetState(name))
             target.scheduled_probes = probes
             for kind in list(target.probes):
                 if kind not in probes:
                     del target.probes[kind]
+            self._changed(name, None)
 
     def target(self, name: str) -> TargetState:
         return self.targets.setdefault(name, TargetState(name))
@@ -176,12 +186,19 @@ class ExporterState:
             target.health = result.health if result.success else None
         else:
             target.model_info = result.model_info if result.success else None
+        self._changed(result.target, "state")
 
     def record_probe(self, result: ProbeResult) -> None:
         if result.target not in self.targets:
             return
         target = self.targets[result.target]
         stats = self._probe(target, result.probe)
+        was_applicable = stats.applicable
+        self._record_probe(stats, result)
+        # applicability also decides whether the target lists the probe in whoasr_probe_info
+        self._changed(result.target, result.probe if stats.applicable == was_applicable else None)
+
+    def _record_probe(self, stats: ProbeStats, result: ProbeResult) -> None:
         if not result.applicable:
             stats.applicable = False
             return
@@ -221,8 +238,10 @@ class ExporterState:
         target = self.targets[target_name]
         if kind in ("health", "model_info"):
             target.endpoints.setdefault(kind, EndpointState()).skipped_total += 1
+            self._changed(target_name, "state")
         else:
             self._probe(target, kind).skipped_total += 1
+            self._changed(target_name, kind)
 
     def record_reload(self, success: bool) -> None:
         self.config_reload_successful = success
