@@ -1,0 +1,58 @@
+"""The `stream` probe: the voice path, as the seed's microphone client uses it (WS /ws/{client_id}).
+
+It streams the clip in real time and measures per message, as streaming-ASR benchmarks do: connect,
+first audio frame -> first recognition_result, stop_recording -> "Recording stopped", the partial
+results, and the CER of the transcript (whoAsr's results are incremental pieces: joined in order).
+
+`pace: fast` sends the frames as fast as the server reads them. It is a stress mode: whoAsr handles at
+most one 600 ms stride per message, so the server sees a very different load than from a microphone,
+and the latencies it reports are not what a user would feel.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from exporter.accuracy import character_error_rate
+from exporter.probes import ProbeContext
+from exporter.probes.websocket import RECOGNITION, Pacing, run_streaming_probe
+from exporter.results import Failure, ProbeResult, redact
+
+KIND = "stream"
+
+
+async def run(ctx: ProbeContext, *, pacing: Optional[Pacing] = None) -> ProbeResult:
+    """One session; `pacing` (benchmarks only) collects the lateness of every frame."""
+    max_cer = ctx.settings.max_cer
+
+    def read_result(message: dict[str, Any], result: ProbeResult) -> tuple[bool, str]:
+        text, is_final = message.get("text"), message.get("is_final")
+        if not isinstance(text, str) or not isinstance(is_final, bool):
+            raise Failure("bad_response", f"recognition_result without text or is_final: {redact(str(message), 80)}")
+        # Incremental pieces, joined as they arrive: what came before a failure is kept.
+        result.transcript = (result.transcript or "") + text
+        return is_final, repr(text)
+
+    def check(result: ProbeResult, results: int) -> None:
+        _check(ctx, result, results, max_cer)
+
+    return await run_streaming_probe(ctx, KIND, RECOGNITION, read_result, check,
+                                     realtime=ctx.settings.pace == "realtime", expected_transcript=ctx.clip.transcript,
+                                     pacing=pacing)
+
+
+def _check(ctx: ProbeContext, result: ProbeResult, results: int, max_cer: float) -> None:
+    """After a complete session: some result, some text, and a CER within bounds, in that order."""
+    if not results:
+        raise Failure("no_result", "the session ended without any recognition_result", step="transcript")
+    if not result.transcript.strip():
+        raise Failure("empty_transcript", f"{results} results, all without text", step="transcript")
+    accuracy = character_error_rate(result.expected_transcript, result.transcript)
+    result.cer = accuracy.cer
+    result.character_errors = accuracy.character_errors
+    result.reference_characters = accuracy.reference_characters
+    ctx.trace(f"transcript {result.transcript!r}: CER {accuracy.cer:.3f} "
+              f"({accuracy.character_errors}/{accuracy.reference_characters})")
+    if accuracy.cer > max_cer:
+        raise Failure("accuracy", f"CER {accuracy.cer:.3f} above {max_cer:g}: {redact(result.transcript, 80)!r}",
+                      step="accuracy")

@@ -1,0 +1,341 @@
+"""One streaming session against whoAsr's WebSockets, shared by the `stream` and `stream_vad` probes.
+
+A session behaves like the seed's microphone client: a fresh client id, a start message, the clip as
+base64 float32 LE frames sent on a real-time schedule, a stop message, then everything until the stop
+status. A reader task receives concurrently and timestamps each message on arrival, so that latencies do
+not depend on when the sender gets round to looking at them. Every wait is bounded by the run's
+deadline (a server that stops answering but keeps the socket open must not hang a probe), and the socket
+is closed and the reader cancelled however the session ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import aiohttp
+import numpy as np
+
+from exporter.clips import SAMPLE_RATE, Clip
+from exporter.probes import ProbeContext, failed
+from exporter.results import Failure, ProbeResult, StreamTimings, redact
+
+CLOSE_SECONDS = 1.0  # closing a socket must fit in run_probe's guard time, even against a silent server
+_NOT_LOADED = re.compile(r"\bnot\s+loaded\b", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What differs between the recognition WebSocket and the VAD one."""
+
+    path: str  # prefix of the path; the client id follows
+    start: str
+    started: str  # status message that answers `start`
+    stop: str
+    stopped: str  # status message that ends the session
+    result_type: str
+    forbidden_means: Optional[str] = None  # a 403 on upgrade means this model is not loaded
+
+
+RECOGNITION = Dialect("/ws/", "start_recording", "Recording started", "stop_recording", "Recording stopped",
+                      "recognition_result")
+VAD = Dialect("/vad/ws/", "start_vad", "VAD started", "stop_vad", "VAD stopped", "vad_result",
+              forbidden_means="VAD")
+
+# Called with each result message and its arrival time; validates it (Failure on a wrong shape) and
+# returns its is_final flag.
+ResultHandler = Callable[[dict[str, Any], float], bool]
+# A probe's reading of one result message into its result: (is_final, what to show); Failure if malformed.
+ResultReader = Callable[[dict[str, Any], ProbeResult], tuple[bool, str]]
+# A probe's checks once the session ended: results received so far; Failure if one fails.
+SessionCheck = Callable[[ProbeResult, int], None]
+
+
+@dataclass
+class Pacing:
+    """Per-frame lateness against the real-time schedule (seconds), for benchmarks that want more than the max."""
+
+    lateness: list[float] = field(default_factory=list)
+
+
+async def run_streaming_probe(ctx: ProbeContext, kind: str, dialect: Dialect, read_result: ResultReader,
+                              check: SessionCheck, *, realtime: bool, expected_transcript: Optional[str] = None,
+                              pacing: Optional[Pacing] = None) -> ProbeResult:
+    """The frame both streaming probes share: one session on the configured clip, then the probe's checks.
+
+    A failure keeps everything measured up to it (timings, the transcript so far).
+    """
+    settings = ctx.settings
+    result = ctx.new_result(kind)
+    result.stream = StreamTimings()
+    result.expected_transcript = expected_transcript
+
+    def on_result(message: dict[str, Any], at: float) -> bool:
+        is_final, what = read_result(message, result)
+        note = f"{'final' if is_final else 'partial'} {dialect.result_type}: {what}"
+        ctx.trace("<- " + note)
+        if ctx.progress is not None:
+            ctx.progress(note)
+        return is_final
+
+    session = Session(ctx, result, dialect, on_result)
+    try:
+        await session.run(ctx.clip, settings.frame_ms, realtime, settings.client_id_prefix, pacing)
+        check(result, session.results)
+    except Failure as failure:
+        return failed(ctx, kind, failure, result)
+    result.success = True
+    result.duration_seconds = ctx.elapsed()
+    ctx.trace("passed")
+    return result
+
+
+def audio_frames(samples: np.ndarray, frame_ms: int) -> list[str]:
+    """The clip as ready-to-send audio_chunk messages, encoded before the clock starts."""
+    step = SAMPLE_RATE * frame_ms // 1000
+    little_endian = samples.astype("<f4", copy=False)
+    return [
+        json.dumps({"type": "audio_chunk", "data": base64.b64encode(little_endian[i:i + step].tobytes()).decode()})
+        for i in range(0, len(little_endian), step)
+    ]
+
+
+@dataclass
+class _Incoming:
+    at: float  # loop time of arrival
+    message: Optional[dict[str, Any]] = None
+    failure: Optional[Failure] = None  # a bad frame or the socket's end; nothing follows it
+
+
+class _Socket:
+    """An open WebSocket with a reader task that queues timestamped, parsed messages."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, name: str):
+        self.ws = ws
+        self.inbox: asyncio.Queue[_Incoming] = asyncio.Queue()
+        self.reader = asyncio.create_task(self._read(), name=name)
+
+    async def _read(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                frame = await self.ws.receive()
+            except Exception as exc:  # noqa: BLE001 - aiohttp turns the usual ones into frames; anything else ends it
+                self.inbox.put_nowait(_Incoming(loop.time(), failure=Failure(
+                    "closed_early", f"receive failed: {type(exc).__name__}: {redact(str(exc), 80)}")))
+                return
+            at = loop.time()
+            if frame.type is aiohttp.WSMsgType.TEXT:
+                item = _parse(frame.data, at)
+            elif frame.type is aiohttp.WSMsgType.BINARY:
+                item = _Incoming(at, failure=Failure("bad_response", f"binary frame ({len(frame.data)} bytes)"))
+            elif frame.type is aiohttp.WSMsgType.ERROR:  # a WebSocket protocol violation (or a huge message)
+                item = _Incoming(at, failure=Failure("bad_response", f"WebSocket error: {redact(str(frame.data), 80)}"))
+            else:  # CLOSE, CLOSING, CLOSED: aiohttp has answered or dropped the connection
+                code = self.ws.close_code
+                item = _Incoming(at, failure=Failure(
+                    "closed_early", f"the server closed the socket (code {code})" if code else "the socket closed"))
+            self.inbox.put_nowait(item)
+            if item.failure:
+                return
+
+    async def close(self) -> None:
+        """Cancels the reader and closes the socket within CLOSE_SECONDS; an abort if the server is silent."""
+        self.reader.cancel()
+        try:
+            await asyncio.wait([self.reader], timeout=CLOSE_SECONDS)
+        finally:
+            try:
+                async with asyncio.timeout(CLOSE_SECONDS):
+                    await self.ws.close()
+            except (TimeoutError, aiohttp.ClientError, OSError):
+                pass  # aiohttp drops the connection when its close is cut short
+
+
+def _parse(text: str, at: float) -> _Incoming:
+    try:
+        message = json.loads(text)
+    except ValueError:
+        return _Incoming(at, failure=Failure("bad_response", f"not JSON: {redact(text, 80)!r}"))
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        return _Incoming(at, failure=Failure("bad_response", f"not a typed JSON object: {redact(text, 80)!r}"))
+    return _Incoming(at, message=message)
+
+
+class Session:
+    """The state of one session: what arrived when, and what it means for the result."""
+
+    def __init__(self, ctx: ProbeContext, result: ProbeResult, dialect: Dialect, on_result: ResultHandler):
+        self.ctx = ctx
+        self.result = result
+        self.timings = result.stream
+        self.dialect = dialect
+        self.on_result = on_result
+        self.loop = asyncio.get_running_loop()
+        self.socket: Optional[_Socket] = None
+        self.phase = "connect"  # the step a failure belongs to
+        self.first_frame_at: Optional[float] = None
+        self.started = False
+        self.stopped_at: Optional[float] = None
+        self.results = 0
+
+    async def run(self, clip: Clip, frame_ms: int, realtime: bool, client_id_prefix: str,
+                  pacing: Optional[Pacing] = None) -> None:
+        """The whole session; raises Failure at the first problem; the socket is closed in any case."""
+        frames = audio_frames(clip.samples, frame_ms)
+        client_id = f"{client_id_prefix}-{uuid.uuid4().hex[:12]}"
+        await self._connect(client_id)
+        try:
+            self.phase = "start"
+            await self._send({"type": self.dialect.start})
+            await self._collect(lambda: self.started, f"status {self.dialect.started!r}")
+            self.phase = "audio"
+            await self._send_audio(frames, frame_ms / 1000, realtime, pacing)
+            self.phase = "final"
+            stop_sent_at = self.loop.time()
+            await self._send({"type": self.dialect.stop})
+            await self._collect(lambda: self.stopped_at is not None, f"status {self.dialect.stopped!r}")
+        finally:
+            await self.socket.close()
+        self.timings.final_result_seconds = self.stopped_at - stop_sent_at
+        self.ctx.trace(f"session ended {self.timings.final_result_seconds * 1000:.1f} ms after {self.dialect.stop}")
+        self._account(clip.duration_seconds, realtime)
+
+    def _account(self, audio_seconds: float, realtime: bool) -> None:
+        """audio_seconds is the clip; processing_seconds is what the server added to it.
+
+        Paced in real time, the audio itself takes audio_seconds to arrive, so processing_seconds is how
+        much longer than that the session lasted (first frame -> stop status, minus the audio; never
+        negative): a server that keeps up scores about 0, one that lags by a second scores 1. With
+        `pace: fast` the whole clip is there at once, so it is the whole of first frame -> stop status.
+        """
+        elapsed = self.stopped_at - self.first_frame_at
+        self.result.audio_seconds = audio_seconds
+        self.result.processing_seconds = max(elapsed - audio_seconds, 0.0) if realtime else elapsed
+
+    async def _connect(self, client_id: str) -> None:
+        path = self.dialect.path + client_id
+        self.ctx.trace(f"WebSocket {path}")
+        began = self.loop.time()
+        try:
+            ws = await self.ctx.client.ws_connect(path, self.ctx.remaining())
+        except Failure as failure:
+            if failure.reason == "handshake_rejected" and failure.http_status == 403 and self.dialect.forbidden_means:
+                raise Failure("model_not_loaded", f"{failure.detail}: whoAsr refuses the upgrade when the "
+                              f"{self.dialect.forbidden_means} model is not loaded", http_status=403,
+                              step="connect") from None
+            raise
+        self.timings.connect_seconds = self.loop.time() - began
+        self.ctx.trace(f"connected in {self.timings.connect_seconds * 1000:.1f} ms")
+        self.socket = _Socket(ws, name=f"ws-reader {self.ctx.client.name} {client_id}")
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        await self._send_text(json.dumps(message))
+        self.ctx.trace(f"-> {message['type']}")
+
+    async def _send_text(self, text: str) -> None:
+        """Sends one frame; a socket the server has closed fails with what the server said last, if anything."""
+        try:
+            await self.socket.ws.send_str(text)
+        except (ConnectionError, aiohttp.ClientError) as exc:
+            # What arrived before the end may still be on its way through the reader: let it finish.
+            await asyncio.wait([self.socket.reader], timeout=min(CLOSE_SECONDS, self.ctx.remaining()))
+            self._drain()
+            raise Failure("closed_early", f"cannot send: {type(exc).__name__}: {redact(str(exc), 80)}",
+                          step=self.phase) from None
+
+    async def _send_audio(self, frames: list[str], frame_seconds: float, realtime: bool,
+                          pacing: Optional[Pacing]) -> None:
+        """Frame k leaves at t0 + k * frame_seconds (no drift); `fast` sends as fast as the socket takes them."""
+        worst = 0.0
+        try:
+            async with asyncio.timeout(self.ctx.remaining()):
+                t0 = self.first_frame_at = self.loop.time()
+                for k, frame in enumerate(frames):
+                    if realtime:
+                        due = t0 + k * frame_seconds
+                        delay = due - self.loop.time()
+                        if delay > 0:
+                            await asyncio.sleep(delay)
+                        late = self.loop.time() - due
+                        worst = max(worst, abs(late))
+                        if pacing is not None:
+                            pacing.lateness.append(late)
+                    await self._send_text(frame)
+                    self.timings.frames_sent += 1
+                    if not realtime:
+                        await asyncio.sleep(0)  # let the reader take what has arrived
+                    self._drain()
+        except TimeoutError:
+            raise Failure("timeout", f"sent {self.timings.frames_sent} of {len(frames)} frames before the deadline",
+                          step="audio") from None
+        if realtime:
+            self.timings.max_pacing_error_seconds = worst
+        self.ctx.trace(f"sent {len(frames)} frames of {frame_seconds * 1000:g} ms in "
+                       f"{self.loop.time() - t0:.3f} s" + (f", worst pacing error {worst * 1000:.2f} ms" if realtime else
+                                                           " (pace: fast)"))
+
+    def _drain(self) -> None:
+        while not self.socket.inbox.empty():
+            self._handle(self.socket.inbox.get_nowait())
+
+    async def _collect(self, done: Callable[[], bool], what: str) -> None:
+        """Handles messages until done() or the run's deadline.
+
+        A timeout after stop with no result at all is a timeout at `first_result`: the server never
+        answered the audio (a silent or zombie socket), rather than being slow to finish.
+        """
+        limit = self.ctx.remaining()
+        try:
+            async with asyncio.timeout(limit):
+                while not done():
+                    self._handle(await self.socket.inbox.get())
+        except TimeoutError:
+            step = "first_result" if self.phase == "final" and not self.results else self.phase
+            raise Failure("timeout", f"no {what} within {limit:.2f} s", step=step) from None
+
+    def _handle(self, item: _Incoming) -> None:
+        """Applies one message to the session; the first thing that goes wrong raises its Failure."""
+        try:
+            if item.failure:
+                raise item.failure
+            self._apply(item.message, item.at)
+        except Failure as failure:
+            failure.step = failure.step or self.phase
+            raise
+
+    def _apply(self, message: dict[str, Any], at: float) -> None:
+        kind = message["type"]
+        if kind == self.dialect.result_type:
+            is_final = self.on_result(message, at)
+            self.results += 1
+            if self.timings.first_result_seconds is None and self.first_frame_at is not None:
+                self.timings.first_result_seconds = max(at - self.first_frame_at, 0.0)
+                self.ctx.trace(f"first result {self.timings.first_result_seconds * 1000:.1f} ms after the first frame")
+            if is_final:
+                self.timings.final_received = True
+            else:
+                self.timings.partial_results += 1
+        elif kind == "status":
+            text = message.get("message")
+            if not isinstance(text, str):
+                raise Failure("bad_response", "a status message without a message text")
+            self.ctx.trace(f"<- status {redact(text, 80)!r}")
+            if text == self.dialect.started:
+                self.started = True
+            elif text == self.dialect.stopped:
+                self.stopped_at = at
+        elif kind == "error":
+            text = message.get("message")
+            if not isinstance(text, str):
+                raise Failure("bad_response", "an error message without a message text")
+            self.ctx.trace(f"<- error {redact(text)!r}")
+            reason = "model_not_loaded" if _NOT_LOADED.search(text) else "server_error"
+            raise Failure(reason, redact(text), error_body=redact(text))
+        else:
+            self.ctx.trace(f"<- {redact(kind, 40)!r} message ignored")  # whoAsr sends none; a newer one might

@@ -1,0 +1,323 @@
+"""The `stream` and `stream_vad` probes against the real simulator process, in both API generations.
+
+Every run must end with the right reason and step, within its own deadline (plus the socket's close),
+with its socket closed on both ends and no task of its own left running. Real-time pacing costs real
+time, so only the tests about timing use it; the rest send with `pace: fast`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import json
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+from exporter.clips import SAMPLE_RATE, builtin_clip
+from exporter.client import TargetClient, new_session
+from exporter.config import StreamProbe, StreamVadProbe, TargetConfig
+from exporter.probes import ProbeContext, run_probe, stream, websocket
+from exporter.probes.websocket import CLOSE_SECONDS
+from exporter.results import ProbeResult, StreamTimings
+from support import LOOPBACK, free_port, start_simulator, wait_until
+
+STRIDE = 9600  # samples the server's model consumes per call (600 ms)
+CLIP = builtin_clip()
+REFERENCE_CHARS = 11  # 今天天气很好我们去公园
+
+
+@pytest.fixture(scope="module", params=["v1", "v2"])
+def sim(request, tmp_path_factory):
+    proc, url = start_simulator(tmp_path_factory.mktemp(f"sim-{request.param}"), request.param)
+    request.addfinalizer(proc.stop)
+    return url
+
+
+@pytest.fixture(autouse=True)
+def clean_sim(request):
+    """Every test starts from a healthy simulator: no faults, every model loaded."""
+    if "sim" not in request.fixturenames:
+        return
+    url = request.getfixturevalue("sim")
+    admin(url, "DELETE", "/-/sim/faults")
+    for model in ("streaming_asr", "vad"):
+        admin(url, "PUT", f"/-/sim/models/{model}", {"loaded": True})
+
+
+def admin(url: str, method: str, path: str, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.loads(response.read() or b"null")
+
+
+def open_websockets(url: str) -> int:
+    return admin(url, "GET", "/-/sim/stats")["open_websockets"]
+
+
+async def probe(url: str, kind: str = "stream", *, timeout: float = 10.0, clip=CLIP, **settings) -> ProbeResult:
+    """One run through run_probe, checking that it ends in bounded time and leaves nothing behind."""
+    model = StreamProbe if kind == "stream" else StreamVadProbe
+    if kind == "stream":
+        settings.setdefault("pace", "fast")
+    session = new_session()
+    before = asyncio.all_tasks()
+    try:
+        ctx = ProbeContext(TargetClient(session, TargetConfig(name="sim", url=url)), model(**settings), timeout,
+                           clip=clip)
+        started = time.monotonic()
+        result = await run_probe(kind, ctx)
+        elapsed = time.monotonic() - started
+        assert asyncio.all_tasks() - before == set(), "the probe left a task behind"
+        # A WebSocket's connection is never pooled: none may be in use. (A refused upgrade is a plain HTTP
+        # answer, whose connection aiohttp may keep idle in its pool, like any other.)
+        assert not session.connector._acquired, "a connection is still in use"
+    finally:
+        await session.close()
+    assert elapsed < timeout + CLOSE_SECONDS + 0.2, f"took {elapsed:.2f}s with a {timeout:g}s deadline"
+    assert result.step != "guard", "the probe's own deadline did not fire before the guard's"
+    if kind == "stream":
+        assert isinstance(result.stream, StreamTimings)
+    return result
+
+
+MID_STREAM = ("audio", "final")  # with pace: fast the whole clip may be sent before the server answers
+
+
+def expect(result: ProbeResult, reason: str, step: str | tuple[str, ...]) -> None:
+    steps = step if isinstance(step, tuple) else (step,)
+    assert (result.success, result.reason, result.step in steps) == (False, reason, True), (
+        result.step, result.detail, result.trace)
+
+
+def server_closed(url: str) -> None:
+    """The server saw the socket end too (it may be busy in a fault's sleep for a while)."""
+    wait_until(lambda: open_websockets(url) == 0, timeout=5, what="the server to see the socket closed")
+
+
+def cut(samples: int, transcript: str = CLIP.transcript):
+    return dataclasses.replace(CLIP, samples=CLIP.samples[:samples], transcript=transcript)
+
+
+# ---------------------------------------------------------------- passing sessions
+
+async def test_happy_path(sim):
+    result = await probe(sim)
+    assert result.success, (result.reason, result.detail, result.trace)
+    assert (result.transcript, result.cer, result.character_errors) == (CLIP.transcript, 0.0, 0)
+    assert result.reference_characters == REFERENCE_CHARS
+    timings = result.stream
+    assert timings.partial_results > 0 and timings.final_received
+    assert timings.frames_sent == -(-len(CLIP.samples) // 1600) == 52
+    assert timings.connect_seconds > 0 and timings.first_result_seconds >= 0 and timings.final_result_seconds >= 0
+    assert timings.max_pacing_error_seconds is None  # not paced
+    assert result.audio_seconds == pytest.approx(len(CLIP.samples) / SAMPLE_RATE)
+    server_closed(sim)
+
+
+async def test_latencies_match_the_injected_stride_latency(sim):
+    """Paced in real time with 100 ms frames, the server has its first 9,600-sample stride when frame 5
+    (the 6th) arrives, 0.5 s after frame 0, and answers L later. Full strides complete at frames 5, 11,
+    ..., 47, each done L (< 0.6 s) later, so the server is idle when stop_recording follows frame 51:
+    it then runs the 83,063 - 8 * 9,600 = 6,263 buffered samples (another L) and sends the stop status."""
+    latency = 0.25
+    admin(sim, "PUT", "/-/sim/faults/stream", {"latency": latency})
+    frame_s, frame_samples = 0.1, 1600
+    frames = -(-len(CLIP.samples) // frame_samples)
+    assert len(CLIP.samples) % STRIDE and (len(CLIP.samples) // STRIDE) * STRIDE // frame_samples - 1 < frames - 1
+    expected_first = (STRIDE // frame_samples - 1) * frame_s + latency
+    expected_final = latency
+    result = await probe(sim, pace="realtime", frame_ms=100)
+    assert result.success, (result.reason, result.detail, result.trace)
+    timings = result.stream
+    assert timings.first_result_seconds == pytest.approx(expected_first, abs=0.03), result.trace
+    assert timings.final_result_seconds == pytest.approx(expected_final, abs=0.03), result.trace
+    assert timings.final_received and timings.partial_results == 8
+    # The session lasted (frames - 1) * 100 ms of sending plus L: that much beyond the audio is processing.
+    expected_processing = max((frames - 1) * frame_s + latency - result.audio_seconds, 0.0)
+    assert result.processing_seconds == pytest.approx(expected_processing, abs=0.03)
+    assert 0 <= timings.max_pacing_error_seconds < 0.05
+    assert result.cer == 0.0
+
+
+async def test_exact_multiple_of_the_stride_gets_no_final_result(sim):
+    """5 strides: the server holds back the last character it heard (6 chars in 3 s), and with nothing
+    left in its buffer at stop it sends no final result; the stop status still ends the session."""
+    result = await probe(sim, clip=cut(5 * STRIDE, "今天天气很好"))
+    assert result.success, (result.reason, result.detail, result.trace)
+    assert not result.stream.final_received
+    assert result.stream.partial_results == 5
+    assert result.transcript == "今天天气很好" and result.cer == 0.0
+    assert result.stream.final_result_seconds < 1.0
+
+
+@pytest.mark.parametrize("swapped", [1, 4, 11])
+async def test_cer_is_exact_for_a_mutated_transcript(sim, swapped):
+    admin(sim, "PUT", "/-/sim/faults/stream", {"substitute_chars": swapped})
+    result = await probe(sim, max_cer=1.0)
+    assert result.success
+    assert result.cer == swapped / REFERENCE_CHARS
+    assert (result.character_errors, result.reference_characters) == (swapped, REFERENCE_CHARS)
+
+
+async def test_cer_above_its_bound_is_accuracy(sim):
+    admin(sim, "PUT", "/-/sim/faults/stream", {"substitute_chars": 3})
+    result = await probe(sim, max_cer=0.2)
+    expect(result, "accuracy", "accuracy")
+    assert result.cer == 3 / REFERENCE_CHARS
+
+
+# ---------------------------------------------------------------- failures
+
+async def test_model_not_loaded(sim):
+    admin(sim, "PUT", "/-/sim/models/streaming_asr", {"loaded": False})
+    result = await probe(sim)
+    expect(result, "model_not_loaded", MID_STREAM)
+    assert "not loaded" in result.detail
+    server_closed(sim)
+
+
+async def test_model_exception_mid_stream(sim):
+    admin(sim, "PUT", "/-/sim/faults/stream", {"model_exception": True})
+    result = await probe(sim)
+    expect(result, "server_error", MID_STREAM)
+    assert result.detail.startswith("Processing error:")
+    server_closed(sim)
+
+
+async def test_socket_dropped_mid_stream(sim):
+    """Paced in real time, so that the server has read all it was sent when it drops the connection (a
+    close with unread data becomes a reset, which may destroy results still in flight)."""
+    admin(sim, "PUT", "/-/sim/faults/stream", {"drop_after": 2})
+    result = await probe(sim, pace="realtime")
+    expect(result, "closed_early", "audio")
+    assert result.stream.partial_results == 2
+    assert result.transcript == "今天"  # what arrived before the drop is kept
+    server_closed(sim)
+
+
+async def test_zombie_socket_after_a_bad_frame(sim, monkeypatch):
+    """A frame the server cannot parse: one "Connection error" message, then a zombie socket that stays
+    open and silent. The error is the first thing that applies."""
+    frames = websocket.audio_frames
+    monkeypatch.setattr(websocket, "audio_frames", lambda samples, ms: ["{not json"] + frames(samples, ms))
+    result = await probe(sim, timeout=3.0)
+    expect(result, "server_error", MID_STREAM)
+    assert "Connection error" in result.detail
+    server_closed(sim)
+
+
+async def test_silent_socket_never_starting(sim):
+    admin(sim, "PUT", "/-/sim/faults/stream", {"never_start": True})
+    result = await probe(sim, timeout=1.5)
+    expect(result, "timeout", "start")
+    assert result.stream.frames_sent == 0
+    server_closed(sim)
+
+
+async def test_silent_socket_after_the_audio(sim):
+    """The server takes the audio but answers nothing before the deadline: a timeout at first_result.
+    (One stride only, so that the simulator is out of its 2.5 s sleep soon after the probe gave up.)"""
+    admin(sim, "PUT", "/-/sim/faults/stream", {"latency": 2.5})
+    result = await probe(sim, timeout=1.5, clip=cut(STRIDE))
+    expect(result, "timeout", "first_result")
+    assert result.stream.frames_sent == 6 and result.stream.first_result_seconds is None
+    server_closed(sim)
+
+
+async def test_handshake_rejected(sim):
+    admin(sim, "PUT", "/-/sim/faults/stream", {"status": 403})
+    result = await probe(sim)
+    expect(result, "handshake_rejected", "connect")
+    assert result.http_status == 403 and result.stream.connect_seconds is None
+
+
+async def test_handshake_never_answered(sim):
+    admin(sim, "PUT", "/-/sim/faults/stream", {"hang": True})
+    result = await probe(sim, timeout=1.0)
+    expect(result, "timeout", "connect")
+
+
+async def test_garbage_frames_from_the_server(sim):
+    admin(sim, "PUT", "/-/sim/faults/stream", {"garbage": True})
+    result = await probe(sim)
+    expect(result, "bad_response", "start")
+    assert result.detail.startswith("not JSON")
+    server_closed(sim)
+
+
+async def test_wrong_shape_from_the_server(sim):
+    admin(sim, "PUT", "/-/sim/faults/stream", {"wrong_shape": "list"})
+    result = await probe(sim)
+    expect(result, "bad_response", "start")
+
+
+async def test_silence_gets_no_result(sim):
+    silence = dataclasses.replace(CLIP, samples=np.zeros(3 * STRIDE + 100, dtype=np.float32))
+    result = await probe(sim, clip=silence)
+    expect(result, "no_result", "transcript")
+    assert result.stream.final_result_seconds is not None
+
+
+async def test_connect_error():
+    result = await probe(f"http://{LOOPBACK}:{free_port()}", timeout=2.0)
+    expect(result, "connect_error", "connect")
+
+
+def test_empty_transcript_is_its_own_reason():
+    result = ProbeResult(target="t", probe="stream", success=False, started_at=0, duration_seconds=0,
+                         transcript=" ", expected_transcript=CLIP.transcript)
+    ctx = ProbeContext(client=None, settings=StreamProbe(), timeout=1)
+    with pytest.raises(Exception) as raised:
+        stream._check(ctx, result, results=2, max_cer=0.2)
+    assert raised.value.reason == "empty_transcript"
+
+
+def test_audio_frames_are_base64_float32_le_of_frame_ms():
+    frames = websocket.audio_frames(CLIP.samples, 600)
+    assert len(frames) == -(-len(CLIP.samples) // STRIDE)
+    first = json.loads(frames[0])
+    assert first["type"] == "audio_chunk"
+    assert np.array_equal(np.frombuffer(base64.b64decode(first["data"]), "<f4"), CLIP.samples[:STRIDE])
+    decoded = np.concatenate([np.frombuffer(base64.b64decode(json.loads(f)["data"]), "<f4") for f in frames])
+    assert np.array_equal(decoded, CLIP.samples)
+
+
+# ---------------------------------------------------------------- streaming VAD
+
+SPEECH = cut(2 * STRIDE)  # 1.2 s: enough speech for a segment start, short enough to pace in real time
+
+
+async def test_stream_vad_reports_segments(sim):
+    result = await probe(sim, "stream_vad", clip=SPEECH, frame_ms=100)
+    assert result.success, (result.reason, result.detail, result.trace)
+    assert [(c.name, c.ok) for c in result.checks] == [("segments", True)]
+    assert result.stream.first_result_seconds is not None and result.stream.max_pacing_error_seconds < 0.05
+    server_closed(sim)
+
+
+async def test_stream_vad_forbidden_means_model_not_loaded(sim):
+    admin(sim, "PUT", "/-/sim/models/vad", {"loaded": False})
+    result = await probe(sim, "stream_vad", clip=SPEECH)
+    expect(result, "model_not_loaded", "connect")
+    assert result.http_status == 403 and "VAD model is not loaded" in result.detail
+
+
+async def test_stream_vad_silence_fails_its_check(sim):
+    silence = dataclasses.replace(CLIP, samples=np.zeros(STRIDE, dtype=np.float32))
+    result = await probe(sim, "stream_vad", clip=silence)
+    expect(result, "check_failed", "segments")
+
+
+async def test_stream_vad_zombie_times_out(sim, monkeypatch):
+    """Upstream's VAD loop dies silently on a bad frame: the socket stays open and says nothing more."""
+    frames = websocket.audio_frames
+    monkeypatch.setattr(websocket, "audio_frames", lambda samples, ms: ["{not json"] + frames(samples, ms))
+    result = await probe(sim, "stream_vad", clip=SPEECH, timeout=2.0)
+    expect(result, "timeout", "first_result")
+    server_closed(sim)
