@@ -1,0 +1,58 @@
+"""`whoasr-exporter render`: alert rules and Grafana dashboards generated from the config.
+
+The committed alerts/ and dashboards/ are this package's output for config.example.yaml; output is
+deterministic (no timestamps, stable key order) so that a test can compare it byte for byte.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from exporter.config import Config, ConfigError, load_config
+
+from .dashboards import render_dashboards
+from .kubernetes import write_kubernetes
+from .rules import render_rules
+
+RULES_FILE = Path("alerts") / "whoasr-rules.yml"
+DASHBOARDS_DIR = Path("dashboards")
+
+
+def render(config: Config) -> dict[Path, str]:
+    """Relative path -> file content, without touching the disk."""
+    files = {RULES_FILE: render_rules(config)}
+    for name, text in render_dashboards(config).items():
+        files[DASHBOARDS_DIR / name] = text
+    return files
+
+
+def write_all(config: Config, out_dir: Path) -> list[Path]:
+    """Writes out_dir/alerts/whoasr-rules.yml and out_dir/dashboards/*.json; returns the paths written."""
+    written = []
+    for relative, text in render(config).items():
+        path = Path(out_dir) / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8", newline="\n")
+        written.append(path)
+    written += write_kubernetes(config, out_dir)  # deploy/kubernetes/: same rules and dashboards
+    return written
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="config.example.yaml",
+                        help="config file whose thresholds and targets drive the output (default: %(default)s)")
+    parser.add_argument("--out", default=".",
+                        help="directory to write alerts/ and dashboards/ into (default: %(default)s)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    for path in write_all(config, Path(args.out)):
+        print(path)
+    return 0

@@ -1,0 +1,241 @@
+"""SLOs per (target, probe) as Sloth-style recording rules and multiwindow multi-burn-rate alerts.
+
+The rule and label names follow Sloth (`slo:sli_error:ratio_rate<window>`, `sloth_id`, `sloth_service`,
+`sloth_slo`, ...) so that Sloth's Grafana dashboards work on these series unchanged. The SLI series keep
+`job`, `target` and `probe` so that our own dashboards can filter them like every other series.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from exporter.config import Config
+
+from .promql import number_text, ratio_text, selector
+
+SERVICE = "whoasr"
+PERIOD = "30d"  # the SLO period: budget remaining and period burn rate are computed over it
+PERIOD_DAYS = 30
+SLO_KINDS = ("availability", "latency")
+ALERT_NAMES = {"availability": "WhoasrProbeAvailabilityBudgetBurn", "latency": "WhoasrProbeLatencyBudgetBurn"}
+BY = "job, target, probe"
+
+
+@dataclass(frozen=True)
+class BurnWindow:
+    """One row of the SRE workbook's table: alert when both windows burn faster than `factor`."""
+
+    severity: str  # Alertmanager routing: critical pages, warning opens a ticket
+    sloth_severity: str  # Sloth's name for the same thing
+    factor: str  # kept as text so the expression reads 14.4, not 14.400000000000002
+    long: str
+    short: str
+
+
+# The window table, the one place it is defined: rules, alerts, tests and the SLO dashboard read it.
+BURN_WINDOWS = (
+    BurnWindow("critical", "page", "14.4", "1h", "5m"),
+    BurnWindow("critical", "page", "6", "6h", "30m"),
+    BurnWindow("warning", "ticket", "3", "1d", "2h"),
+    BurnWindow("warning", "ticket", "1", "3d", "6h"),
+)
+
+_UNIT = {"m": 60, "h": 3600, "d": 86400}
+
+
+def _window_seconds(window: str) -> int:
+    return int(window[:-1]) * _UNIT[window[-1]]
+
+
+# Every window an alert needs, shortest first (5m, 30m, 1h, 2h, 6h, 1d, 3d).
+SLI_WINDOWS = tuple(
+    sorted({w for row in BURN_WINDOWS for w in (row.long, row.short)}, key=_window_seconds)
+)
+
+
+@dataclass(frozen=True)
+class SLO:
+    target: str
+    probe: str
+    kind: str  # availability | latency
+    objective_percent: float
+    latency_le: str  # the `le` bucket of the response-time threshold, as the exporter writes it
+
+    @property
+    def name(self) -> str:
+        return f"{self.target}-{self.probe}-{self.kind}"
+
+    @property
+    def id(self) -> str:
+        return f"{SERVICE}-{self.name}"
+
+    @property
+    def objective_ratio(self) -> str:
+        return ratio_text(self.objective_percent)
+
+    @property
+    def objective_text(self) -> str:
+        return number_text(self.objective_percent)
+
+    @property
+    def error_budget(self) -> str:
+        """1 - objective, as exact decimal text (99.9 -> 0.001)."""
+        budget = (Decimal(100) - Decimal(repr(self.objective_percent))) / 100
+        return format(budget.normalize(), "f")
+
+    def sloth_labels(self) -> dict[str, str]:
+        return {"sloth_id": self.id, "sloth_service": SERVICE, "sloth_slo": self.name}
+
+    def sloth_selector(self) -> str:
+        return selector(self.sloth_labels())
+
+    def sli_error(self, window: str) -> str:
+        """Ratio of bad runs in the window; NaN (no alert) when no run finished in it."""
+        sel = {"target": self.target, "probe": self.probe}
+        if self.kind == "availability":
+            runs = f"sum by ({BY}) (rate(whoasr_probe_runs_total{selector(sel)}[{window}]))"
+            failures = f"sum by ({BY}) (rate(whoasr_probe_failures_total{selector(sel)}[{window}]))"
+            # No failure yet means no failure series at all: count it as zero, not as "no data".
+            return f"(\n  {failures}\n  or\n  0 * {runs}\n)\n/\n{runs}"
+        total = f"sum by ({BY}) (rate(whoasr_probe_duration_seconds_count{selector(sel)}[{window}]))"
+        good = (
+            f"sum by ({BY}) (rate(whoasr_probe_duration_seconds_bucket"
+            f"{selector({**sel, 'le': self.latency_le})}[{window}]))"
+        )
+        return f"(\n  {total}\n  -\n  {good}\n)\n/\n{total}"
+
+
+def latency_le(seconds: float) -> str:
+    """The `le` label value prometheus_client writes for a bucket bound (5.0 -> "5.0")."""
+    from prometheus_client.utils import floatToGoString
+
+    return floatToGoString(seconds)
+
+
+def slos(config: Config) -> list[SLO]:
+    """An availability and a latency SLO for every probe scheduled on every configured target."""
+    thresholds = config.thresholds
+    objectives = {
+        "availability": thresholds.slo_availability_percent,
+        "latency": thresholds.slo_latency_percent,
+    }
+    le = latency_le(thresholds.response_time_seconds)
+    return [
+        SLO(target.name, probe, kind, objectives[kind], le)
+        for target in config.targets
+        for probe in target.enabled_probes()
+        for kind in SLO_KINDS
+    ]
+
+
+def _record(name: str, expr: str, labels: dict[str, str]) -> dict:
+    return {"record": name, "expr": expr, "labels": labels}
+
+
+def recording_rules(slo: SLO) -> list[dict]:
+    """Sloth's recording rules for one SLO: the SLIs per window, then the metadata."""
+    labels = slo.sloth_labels()
+    sel = slo.sloth_selector()
+    sli_rules = [
+        _record(f"slo:sli_error:ratio_rate{w}", slo.sli_error(w), {**labels, "sloth_window": w})
+        for w in SLI_WINDOWS
+    ]
+    # The period SLI averages the 5m SLI, as Sloth does: a 30d rate() over raw counters is too costly.
+    first = f"slo:sli_error:ratio_rate{SLI_WINDOWS[0]}{sel}"
+    sli_rules.append(
+        _record(
+            f"slo:sli_error:ratio_rate{PERIOD}",
+            f"sum_over_time({first}[{PERIOD}])\n/ ignoring (sloth_window)\ncount_over_time({first}[{PERIOD}])",
+            {**labels, "sloth_window": PERIOD},
+        )
+    )
+    static = {**labels, "target": slo.target, "probe": slo.probe}
+    on = "on (sloth_id, sloth_slo, sloth_service) group_left ()"
+    meta_rules = [
+        _record("slo:objective:ratio", f"vector({slo.objective_ratio})", static),
+        _record("slo:error_budget:ratio", f"vector({slo.error_budget})", static),
+        _record("slo:time_period:days", f"vector({PERIOD_DAYS})", static),
+        _record(
+            "slo:current_burn_rate:ratio",
+            f"slo:sli_error:ratio_rate{SLI_WINDOWS[0]}{sel}\n/ {on}\nslo:error_budget:ratio{sel}",
+            labels,
+        ),
+        _record(
+            "slo:period_burn_rate:ratio",
+            f"slo:sli_error:ratio_rate{PERIOD}{sel}\n/ {on}\nslo:error_budget:ratio{sel}",
+            labels,
+        ),
+        _record(
+            "slo:period_error_budget_remaining:ratio",
+            f"1 - slo:period_burn_rate:ratio{sel}",
+            labels,
+        ),
+        _record(
+            "sloth_slo_info",
+            "vector(1)",
+            {
+                **static,
+                "sloth_mode": "whoasr-exporter-render",
+                "sloth_objective": slo.objective_text,
+                "sloth_spec": "prometheus/v1",
+            },
+        ),
+    ]
+    return sli_rules + meta_rules
+
+
+def _burn_condition(slo: SLO, row: BurnWindow) -> str:
+    sel = slo.sloth_selector()
+
+    def over(window: str) -> str:
+        return (
+            f"max(slo:sli_error:ratio_rate{window}{sel} > ({row.factor} * {slo.error_budget}))"
+            " without (sloth_window)"
+        )
+
+    # The short window first: its value is the one the description shows (how bad it is right now).
+    return f"(\n  {over(row.short)}\n  and\n  {over(row.long)}\n)"
+
+
+def burn_alerts(slo: SLO, runbook_url: str) -> list[dict]:
+    """A page (critical) and a ticket (warning) alert for one SLO, each an `or` of its window rows."""
+    alerts = []
+    for severity in ("critical", "warning"):
+        rows = [row for row in BURN_WINDOWS if row.severity == severity]
+        sloth_severity = rows[0].sloth_severity
+        speed = "fast" if severity == "critical" else "steadily"
+        factors = " or ".join(f"{row.factor}x over {row.long} and {row.short}" for row in rows)
+        what = "failed" if slo.kind == "availability" else (
+            f"took longer than {number_text(float(slo.latency_le))}s"
+        )
+        alerts.append(
+            {
+                "alert": ALERT_NAMES[slo.kind],
+                "expr": "\nor\n".join(_burn_condition(slo, row) for row in rows),
+                "labels": {"severity": severity, "sloth_severity": sloth_severity, **slo.sloth_labels()},
+                "annotations": {
+                    "summary": (
+                        f"{slo.kind.capitalize()} error budget of the {slo.probe} probe on "
+                        f"{slo.target} is burning {speed}."
+                    ),
+                    "description": (
+                        f"{{{{ $value | humanizePercentage }}}} of recent {slo.probe} probe runs on "
+                        f"{{{{ $labels.target }}}} {what}: the error budget of the {slo.objective_text}% "
+                        f"{slo.kind} objective ({PERIOD}) burns faster than {factors}."
+                    ),
+                    "runbook_url": runbook_url,
+                },
+            }
+        )
+    return alerts
+
+
+def group(slo: SLO, runbook_url: str) -> dict:
+    """One rule group per SLO. Sloth uses three, but rules in one group run in order, so the alerts
+    always read the SLIs of the same evaluation, in Prometheus and in promtool alike."""
+    return {"name": f"sloth-slo-{slo.id}", "rules": recording_rules(slo) + burn_alerts(slo, runbook_url)}
+
+
+def window_seconds(window: str) -> int:
+    return _window_seconds(window)
