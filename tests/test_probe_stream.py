@@ -204,8 +204,8 @@ async def test_socket_dropped_mid_stream(sim):
 async def test_zombie_socket_after_a_bad_frame(sim, monkeypatch):
     """A frame the server cannot parse: one "Connection error" message, then a zombie socket that stays
     open and silent. The error is the first thing that applies."""
-    frames = websocket.audio_frames
-    monkeypatch.setattr(websocket, "audio_frames", lambda samples, ms: ["{not json"] + frames(samples, ms))
+    frames = websocket.clip_frames
+    monkeypatch.setattr(websocket, "clip_frames", lambda clip, ms: ["{not json"] + frames(clip, ms))
     result = await probe(sim, timeout=3.0)
     expect(result, "server_error", MID_STREAM)
     assert "Connection error" in result.detail
@@ -286,6 +286,7 @@ def test_audio_frames_are_base64_float32_le_of_frame_ms():
     assert np.array_equal(np.frombuffer(base64.b64decode(first["data"]), "<f4"), CLIP.samples[:STRIDE])
     decoded = np.concatenate([np.frombuffer(base64.b64decode(json.loads(f)["data"]), "<f4") for f in frames])
     assert np.array_equal(decoded, CLIP.samples)
+    assert websocket.clip_frames(CLIP, 600) is websocket.clip_frames(CLIP, 600) == frames  # encoded once per clip
 
 
 # ---------------------------------------------------------------- streaming VAD
@@ -316,8 +317,8 @@ async def test_stream_vad_silence_fails_its_check(sim):
 
 async def test_stream_vad_zombie_times_out(sim, monkeypatch):
     """Upstream's VAD loop dies silently on a bad frame: the socket stays open and says nothing more."""
-    frames = websocket.audio_frames
-    monkeypatch.setattr(websocket, "audio_frames", lambda samples, ms: ["{not json"] + frames(samples, ms))
+    frames = websocket.clip_frames
+    monkeypatch.setattr(websocket, "clip_frames", lambda clip, ms: ["{not json"] + frames(clip, ms))
     result = await probe(sim, "stream_vad", clip=SPEECH, timeout=2.0)
     expect(result, "timeout", "first_result")
     server_closed(sim)
