@@ -610,6 +610,9 @@ def test_probe_jobs_relabel_like_a_multi_target_exporter():
             assert target["source_labels"] == ["__address__"], where
             (instance,) = relabel_into(job, "instance")
             assert instance["source_labels"] == ["__param_target"], where
+            # /probe's series have no labels of their own: without these, one whoAsr's modules collide.
+            assert [r["source_labels"] for r in relabel_into(job, "target")] == [["__param_target"]], where
+            assert [r["source_labels"] for r in relabel_into(job, "probe")] == [["__param_module"]], where
             address = relabel_into(job, "__address__")
             assert address and address[-1]["replacement"].endswith(f":{EXPORTER_PORT}"), where
             assert job["relabel_configs"].index(address[-1]) > job["relabel_configs"].index(target), where
@@ -671,3 +674,61 @@ def test_doc_links_point_at_files(doc):
         if mentioned.endswith(("my-exporter.yaml", "rendered", ".env", "alertmanager.yml")):
             continue
         assert (ROOT / mentioned).exists(), f"{doc}: {mentioned} does not exist"
+
+
+# --- the multi-target relabeling, live: Prometheus -> exporter /probe -> simulator -------------------------
+
+@pytest.mark.timeout(180)
+def test_multi_target_file_sd_job_live(tmp_path):
+    """multi-target.yml's file_sd job, pointed at loopback: every module of one whoAsr becomes its own
+    series with scheduled mode's target and probe labels (a blackbox-style /probe has no labels itself)."""
+    import urllib.parse
+
+    from tests.support import LOOPBACK, ManagedProcess, exporter_cmd, free_port, http_get, start_simulator, wait_until
+
+    prometheus = need_tool("prometheus", "Debian package prometheus")
+    simulator, url = start_simulator(tmp_path, "v2")
+    exporter_port, prometheus_port = free_port(), free_port()
+    exporter_config = tmp_path / "exporter.yaml"
+    exporter_config.write_text(yaml.safe_dump({
+        "exporter": {"listen": f"{LOOPBACK}:{exporter_port}", "allowed_targets": [re.escape(url)]},
+    }))
+    # The shipped job and targets file, with only addresses and paces changed for a quick run.
+    config = load_yaml(PROM_DIR / "multi-target.yml")
+    jobs = [job for job in config["scrape_configs"] if job["job_name"] in ("whoasr-probe", "whoasr-exporter")]
+    for job in jobs:
+        for rule in job.get("relabel_configs", []):
+            if rule.get("target_label") == "__address__":
+                rule["replacement"] = f"{LOOPBACK}:{exporter_port}"
+        for static in job.get("static_configs", []):
+            static["targets"] = [f"{LOOPBACK}:{exporter_port}"]
+    config.update(scrape_configs=jobs, rule_files=[])
+    groups = file_sd_groups()
+    for group in groups:
+        group["targets"] = [url]
+        group["labels"].update(__scrape_interval__="10s", __scrape_timeout__="9s")
+    (tmp_path / "targets").mkdir()
+    (tmp_path / "targets" / "whoasr.yml").write_text(yaml.safe_dump(groups))
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    processes = [simulator]
+    try:
+        processes.append(ManagedProcess(exporter_cmd("serve", "--config", str(exporter_config)), tmp_path / "exporter.log"))
+        processes.append(ManagedProcess(
+            [prometheus, "--config.file=prometheus.yml", f"--storage.tsdb.path={tmp_path / 'data'}",
+             f"--web.listen-address={LOOPBACK}:{prometheus_port}"], tmp_path / "prometheus.log", cwd=tmp_path))
+        query = f"http://{LOOPBACK}:{prometheus_port}/api/v1/query?" + urllib.parse.urlencode(
+            {"query": 'whoasr_probe_success{job="whoasr-probe"}'})
+
+        def series():
+            status, body, _ = http_get(query, timeout=2)
+            return {(r["metric"].get("probe"), r["metric"].get("target"), r["metric"].get("instance"), r["value"][1])
+                    for r in json.loads(body)["data"]["result"]} if status == 200 else set()
+
+        wanted = {(g["labels"]["__param_module"], url, url, "1") for g in groups}
+        try:
+            wait_until(lambda: series() >= wanted, timeout=90, interval=1, what="a passing series per module")
+        except TimeoutError:
+            pytest.fail(f"got {series()}, wanted {wanted}\n{processes[-1].output()[-2000:]}")
+    finally:
+        for process in reversed(processes):
+            process.stop()
