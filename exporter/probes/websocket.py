@@ -77,7 +77,7 @@ async def run_streaming_probe(ctx: ProbeContext, kind: str, dialect: Dialect, re
 
     def on_result(message: dict[str, Any], at: float) -> bool:
         is_final, what = read_result(message, result)
-        note = f"{'final' if is_final else 'partial'} {dialect.result_type}: {what}"
+        note = f"{'final' if is_final else 'partial'} result {session.results + 1}: {what}"
         ctx.trace("<- " + note)
         if ctx.progress is not None:
             ctx.progress(note)
