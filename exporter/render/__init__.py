@@ -29,7 +29,8 @@ def render(config: Config) -> dict[Path, str]:
 
 
 def write_all(config: Config, out_dir: Path) -> list[Path]:
-    """Writes out_dir/alerts/whoasr-rules.yml and out_dir/dashboards/*.json; returns the paths written."""
+    """Writes out_dir/alerts/whoasr-rules.yml, out_dir/dashboards/*.json and the Kubernetes copies of
+    both (deploy/kubernetes/); returns the paths written."""
     written = []
     for relative, text in render(config).items():
         path = Path(out_dir) / relative

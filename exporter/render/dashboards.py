@@ -36,15 +36,20 @@ SSEL = 'job=~"$job", target=~"$target", probe="stream"'
 SLOSEL = f'job=~"$job", target=~"$target", sloth_service="{slo_rules.SERVICE}"'
 RI = "$__rate_interval"
 QUANTILES = (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99"))
-PASS_FAIL = [
-    {
-        "type": "value",
-        "options": {
-            "0": {"color": "red", "index": 0, "text": "fail"},
-            "1": {"color": "green", "index": 1, "text": "pass"},
-        },
-    }
-]
+def value_texts(zero: str, one: str) -> list[dict]:
+    """Value mappings for a 0/1 series: red text for 0, green for 1."""
+    return [
+        {
+            "type": "value",
+            "options": {
+                "0": {"color": "red", "index": 0, "text": zero},
+                "1": {"color": "green", "index": 1, "text": one},
+            },
+        }
+    ]
+
+
+PASS_FAIL = value_texts("fail", "pass")
 
 
 def steps(base: str, *points: tuple[float, str]) -> dict:
@@ -113,6 +118,7 @@ def timeseries(title: str, description: str, targets: list[g.Target], unit: str,
         tooltipMode="multi",
         tooltipSort="desc",
         thresholdsStyleMode="line+area" if thresholds else "off",
+        stacking={"group": "A", "mode": "none"},
     )
     return Panel(panel, unit, width, height, thresholds or steps("green"), min, max)
 
@@ -318,7 +324,8 @@ def overview(config: Config) -> tuple[str, str, list[list[Panel]]]:
                      "Value #C": "Models loaded", "api": "API", "version": "Version"},
                     hide=("Time", "Value #D"),
                 ),
-                overrides=[field_mappings("Up", PASS_FAIL), field_mappings("Healthy", PASS_FAIL)],
+                overrides=[field_mappings("Up", value_texts("down", "up")),
+                           field_mappings("Healthy", value_texts("no", "yes"))],
             ),
             bargauge("Models loaded by type", "1 when the target reports the model as loaded. Probes that "
                      "need a model that is not loaded fail with model_not_loaded.",
