@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from typing import Optional
+from typing import Callable, Optional
 
 import aiohttp
 import structlog
 
-from exporter import logs
+from exporter import logs, websecurity
 from exporter.client import TargetClient, new_session
 from exporter.config import SCRAPE_KINDS, Config, ConfigError, TargetConfig, load_config
 from exporter.gate import TargetGate
@@ -95,6 +95,9 @@ class Daemon:
                 self.state.record_reload(False)
                 log.error("config reload failed", reason="invalid_config", error=str(exc), path=self.config_path)
                 return False, str(exc)
+            for setting in settings_needing_restart(self.config, config):
+                log.warning("config change needs a restart", setting=setting, reason="restart_required",
+                            path=self.config_path)
             self.apply(config)
             self.state.record_reload(True)
             log.info("config reloaded", path=self.config_path, targets=len(config.targets))
@@ -130,13 +133,14 @@ class Daemon:
         return await scrape(client, kind, timeout, trace)
 
     async def probe_now(self, client: TargetClient, kind: str, timeout: float,
-                        trace: Optional[Trace] = None, cached_models: bool = True) -> ProbeResult:
+                        trace: Optional[Trace] = None, cached_models: bool = True,
+                        progress: Optional[Callable[[str], None]] = None) -> ProbeResult:
         settings = self.config.probes.for_kind(kind)
         target_state = self.state.targets.get(client.name)
         models = target_state.models_loaded() if (cached_models and target_state) else None
         async with self.gate(client.name).shared():
             ctx = ProbeContext(client=client, settings=settings, timeout=timeout, models_loaded=models,
-                               trace=trace or Trace())
+                               trace=trace or Trace(), progress=progress)
             clip_name = getattr(settings, "clip", None)
             if clip_name is not None:
                 from exporter.clips import ClipError, load_clip
@@ -151,6 +155,18 @@ class Daemon:
         return self.gates.setdefault(target, TargetGate())
 
 
+def settings_needing_restart(old: Config, new: Config) -> list[str]:
+    """Settings a reload does not apply (the socket, TLS, logging and history are set up at start):
+    reported, so that a changed one is not silently ignored. Basic auth users do apply on reload."""
+    settings = ["listen", "log_format", "log_level", "history_size", "history_failures_size"]
+    changed = [f"exporter.{name}" for name in settings
+               if getattr(old.exporter, name) != getattr(new.exporter, name)]
+    for name in ("tls_cert_file", "tls_key_file"):
+        if getattr(old.exporter.web, name) != getattr(new.exporter.web, name):
+            changed.append(f"exporter.web.{name}")
+    return changed
+
+
 async def serve(config: Config, config_path: Optional[str], host: str, port: int) -> int:
     """Runs the daemon and its web server until SIGTERM/SIGINT; SIGHUP reloads the config."""
     from exporter.server import start_server
@@ -163,12 +179,22 @@ async def serve(config: Config, config_path: Optional[str], host: str, port: int
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(daemon.reload()))
+    reloads: set[asyncio.Task] = set()  # referenced until done, so a reload is never garbage-collected
+
+    def on_sighup() -> None:
+        task = asyncio.create_task(daemon.reload(), name="reload")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     await stop.wait()
-    log.info("shutting down", reason="signal")
+    grace = daemon.config.exporter.shutdown_grace
+    log.info("shutting down", reason="signal", grace_seconds=grace)
     daemon.ready = False
-    await daemon.stop()
-    await runner.cleanup()
+    # Stop scheduling and stop listening at once; scheduled runs and /probe requests in flight get up to
+    # `grace` to finish, then are cancelled. The shared session closes last, once nothing uses it.
+    await asyncio.gather(daemon.scheduler.shutdown(grace), runner.cleanup())
+    await daemon.stop(grace=0)
     log.info("stopped")
     return 0
 
@@ -184,5 +210,10 @@ def main(config_path: str, listen: Optional[str] = None, log_format: Optional[st
     host, _, port = (listen or config.exporter.listen).rpartition(":")
     if not port.isdigit():
         print(f"--listen: expected HOST:PORT, got {listen!r}", file=sys.stderr)
+        return 2
+    try:
+        websecurity.ssl_context(config.exporter.web)
+    except websecurity.WebConfigError as exc:
+        print(exc, file=sys.stderr)
         return 2
     return asyncio.run(serve(config, config_path, host.strip("[]") or "0.0.0.0", int(port)))

@@ -5,7 +5,7 @@ The scheduled state's own metrics are rendered by exposition.py, cached per targ
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.core import (
@@ -53,6 +53,7 @@ class ResultCollector(Collector):
         if isinstance(result, ScrapeResult):
             if result.http_status is not None:
                 yield _single("whoasr_probe_http_status_code", "HTTP status of the answer.", result.http_status)
+            yield from _scrape_state(result)
             return
         if not result.applicable:
             yield _single("whoasr_probe_applicable", "0: this probe does not apply to the target.", 0.0)
@@ -82,3 +83,39 @@ class ResultCollector(Collector):
 
 def _single(name: str, doc: str, value: Optional[float]) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=value)
+
+
+def _scrape_state(result: ScrapeResult) -> Iterator[Metric]:
+    """What an on-demand health/model_info scrape saw, under the scheduled names minus the target label
+    (Prometheus adds the instance by relabelling, as with blackbox_exporter)."""
+    if result.api:
+        version = result.health.version if result.health and result.health.version else ""
+        info = _gauge("whoasr_info", "1; the detected API generation and the server's version.", ["api", "version"])
+        info.add_metric([result.api, version], 1.0)
+        yield info
+    state = result.model_info or result.health
+    if state is not None:
+        if state.models_loaded:
+            loaded = _gauge("whoasr_model_loaded", "1 if the model type is loaded, 0 if not.", ["model"])
+            for model, is_loaded in sorted(state.models_loaded.items()):
+                loaded.add_metric([model], 1.0 if is_loaded else 0.0)
+            yield loaded
+        if state.total_loaded is not None:
+            yield _single("whoasr_models_loaded", "Number of loaded models, as the server reports it.",
+                          state.total_loaded)
+    health = result.health
+    if health is None:
+        return
+    yield _single("whoasr_healthy", "1 if the /health answer said status healthy.",
+                  1.0 if health.status == "healthy" else 0.0)
+    for name, doc, value in (
+        ("whoasr_system_cpu_usage_ratio", "Server-reported CPU use, 0..1.", health.cpu_ratio),
+        ("whoasr_system_memory_usage_ratio", "Server-reported memory use, 0..1.", health.memory_ratio),
+        ("whoasr_system_memory_total_bytes", "Server-reported total memory.", health.memory_total_bytes),
+        ("whoasr_system_memory_available_bytes", "Server-reported available memory.", health.memory_available_bytes),
+        ("whoasr_system_disk_usage_ratio", "Server-reported disk use, 0..1.", health.disk_ratio),
+        ("whoasr_active_connections", "Server-reported active connections.", health.active_connections),
+        ("whoasr_uptime_seconds", "Server-reported uptime.", health.uptime_seconds),
+    ):
+        if value is not None:
+            yield _single(name, doc, value)

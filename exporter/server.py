@@ -12,7 +12,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from aiohttp import web
 
-from exporter import __version__
+from exporter import __version__, probe_endpoint, websecurity
 from exporter.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, wants_openmetrics
 
 if TYPE_CHECKING:
@@ -22,7 +22,9 @@ DAEMON = web.AppKey("daemon", object)
 
 
 def build_app(daemon: "Daemon") -> web.Application:
-    app = web.Application(client_max_size=64 * 1024)
+    # Basic auth reads the users from the live config, so a reload that changes them applies at once.
+    auth = websecurity.basic_auth_middleware(lambda: daemon.config.exporter.web.basic_auth_users)
+    app = web.Application(client_max_size=64 * 1024, middlewares=[auth])
     app[DAEMON] = daemon
     app.router.add_get("/", landing_page)
     app.router.add_get("/metrics", metrics)
@@ -30,13 +32,17 @@ def build_app(daemon: "Daemon") -> web.Application:
     app.router.add_get("/-/ready", ready)
     app.router.add_get("/api/history", history)
     app.router.add_post("/-/reload", reload)
+    probe_endpoint.add_routes(app, daemon)
     return app
 
 
 async def start_server(daemon: "Daemon", host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(build_app(daemon), access_log=None, handle_signals=False)
+    """Serves until runner.cleanup(), which lets requests in flight finish for up to shutdown_grace."""
+    grace = daemon.config.exporter.shutdown_grace
+    runner = web.AppRunner(build_app(daemon), access_log=None, handle_signals=False, shutdown_timeout=grace)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = web.TCPSite(runner, host, port, reuse_address=True,
+                       ssl_context=websecurity.ssl_context(daemon.config.exporter.web))
     await site.start()
     return runner
 
