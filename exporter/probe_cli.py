@@ -1,0 +1,313 @@
+"""`whoasr-exporter probe`: run probes once against one target and print the results, for people, cron
+and CI. Exit 0 when every probe passed (not applicable counts as passed), 1 when any failed, 2 on usage
+or config errors.
+
+The runs go through the daemon's own `scrape_now`/`probe_now` (same clips, same health gate, same
+probes), one after the other: whoAsr's /health stalls the whole server, so nothing overlaps it.
+stdout carries only the table (or the --json document); live progress goes to stderr when it is a
+terminal, and --verbose prints every trace line there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Optional, TextIO
+
+from pydantic import ValidationError
+
+from exporter import logs
+from exporter.client import TargetClient, new_session
+from exporter.clips import ClipError, clip_from_file
+from exporter.config import (
+    PROBE_KINDS,
+    SCRAPE_KINDS,
+    ClipConfig,
+    Config,
+    ConfigError,
+    TargetConfig,
+    load_config,
+)
+from exporter.results import ProbeResult, ScrapeResult, Trace
+
+MODULES = (*PROBE_KINDS, *SCRAPE_KINDS, "all")
+CLI_CLIP = "probe-cli-clip"  # the name a --clip gets in the config the runs use
+CLI_TARGET = "cli"
+
+
+class UsageError(Exception):
+    """Bad arguments or config: exit 2 with the message."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", required=True, metavar="URL|NAME",
+                        help="a whoAsr base URL (http://host:8000), or the name of a target in --config")
+    parser.add_argument("--config", metavar="FILE", help="exporter config: targets, probe settings, timeouts")
+    parser.add_argument("--module", default="all", choices=MODULES,
+                        help="what to run (default all: health, then every probe that applies)")
+    parser.add_argument("--clip", metavar="PATH", help="audio file to send instead of the configured clip")
+    parser.add_argument("--transcript", metavar="TEXT", help="what --clip says (required with --clip)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
+    parser.add_argument("--timeout", type=_seconds, metavar="S",
+                        help="timeout of each probe in seconds (default: the configured schedule timeout)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="print each run's trace (requests, statuses, messages, checks) on stderr")
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {value!r}") from None
+    if not 0 < seconds <= 3600:
+        raise argparse.ArgumentTypeError(f"expected seconds in (0, 3600], got {value!r}")
+    return seconds
+
+
+def run(args: argparse.Namespace) -> int:
+    # structlog would print to stdout by default: keep stdout for the table or the JSON document.
+    logs.setup("console", "warning", stream=sys.stderr)
+    try:
+        config, target, modules = prepare(args)
+    except UsageError as exc:
+        print(f"whoasr-exporter probe: {exc}", file=sys.stderr)
+        return 2
+    reporter = Reporter(sys.stderr, verbose=args.verbose)
+    rows = asyncio.run(run_modules(config, target, modules, args.timeout, reporter))
+    success = all(row.passed for row in rows)
+    if args.json:
+        document = {"target": _shown_target(args.target, target), "results": [row.to_dict() for row in rows],
+                    "success": success}
+        print(json.dumps(document, ensure_ascii=False, indent=2))
+    else:
+        print(render_table(_shown_target(args.target, target), rows))
+    return 0 if success else 1
+
+
+# --- arguments -> what to run ---------------------------------------------------------------------
+def prepare(args: argparse.Namespace) -> tuple[Config, TargetConfig, list[str]]:
+    if bool(args.clip) != bool(args.transcript):
+        raise UsageError("--clip and --transcript go together (the transcript is what the clip says)")
+    if args.config:
+        try:
+            config = load_config(args.config)
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
+    else:
+        config = Config()
+    target = config.target(args.target)
+    if target is None:
+        if "://" not in args.target:
+            where = f"in {args.config}" if args.config else "without --config"
+            raise UsageError(f"unknown target {args.target!r} {where}: give a URL (http://host:port) or the name "
+                             "of a target in --config")
+        try:
+            target = TargetConfig(name=CLI_TARGET, url=args.target)
+        except ValidationError as exc:
+            raise UsageError(f"--target: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+    if args.module == "all":
+        modules = ["health", *target.enabled_probes()]  # a URL target: DEFAULT_PROBES
+    else:
+        modules = [args.module]
+    if args.clip:
+        config = with_clip(config, args.clip, args.transcript)
+    return config, target, modules
+
+
+def with_clip(config: Config, path: str, transcript: str) -> Config:
+    """The config with every probe that sends audio using the given clip instead of its own."""
+    try:
+        clip_from_file(path, transcript)  # fail now (exit 2), not as a failed probe
+    except ClipError as exc:
+        raise UsageError(f"--clip: {exc}") from None
+    clips = {**config.clips, CLI_CLIP: ClipConfig(path=str(Path(path).resolve()), transcript=transcript)}
+    probes = config.probes.model_copy(update={
+        kind: config.probes.for_kind(kind).model_copy(update={"clip": CLI_CLIP})
+        for kind in PROBE_KINDS if hasattr(config.probes.for_kind(kind), "clip")
+    })
+    return config.model_copy(update={"clips": clips, "probes": probes})
+
+
+def _shown_target(given: str, target: TargetConfig) -> str:
+    from exporter.server import public_url
+
+    return given if target.name == given else public_url(target.url)
+
+
+# --- the runs -------------------------------------------------------------------------------------
+class Row:
+    """One run as the CLI shows it: a ProbeResult, plus what a health/model_info scrape found."""
+
+    def __init__(self, result: ProbeResult, api: Optional[str] = None, models: Optional[dict[str, bool]] = None):
+        self.result = result
+        self.api = api
+        self.models = models
+
+    @property
+    def passed(self) -> bool:
+        return self.result.success or not self.result.applicable
+
+    def to_dict(self) -> dict:
+        data = self.result.to_dict()
+        if self.result.probe in SCRAPE_KINDS:
+            data["api"] = self.api
+            data["models_loaded"] = self.models
+        return data
+
+
+async def run_modules(config: Config, target: TargetConfig, modules: list[str], timeout: Optional[float],
+                      reporter: "Reporter") -> list[Row]:
+    from exporter.daemon import Daemon
+
+    daemon = Daemon(config)  # never started: no scheduler, no server; its runs and gates only
+    daemon.session = new_session()
+    rows = []
+    try:
+        client = TargetClient(daemon.session, target)
+        for kind in modules:
+            budget = timeout or config.schedules.for_kind(kind).timeout
+            trace = reporter.start(kind)
+            if kind in SCRAPE_KINDS:
+                scrape = await daemon.scrape_now(client, kind, budget, trace)
+                row = scrape_row(scrape, trace)
+            else:
+                result = await daemon.probe_now(client, kind, budget, trace, cached_models=False,
+                                                progress=reporter.progress)
+                row = Row(result)
+            reporter.done(row)
+            rows.append(row)
+    finally:
+        await daemon.session.close()
+    return rows
+
+
+def scrape_row(scrape: ScrapeResult, trace: Trace) -> Row:
+    result = ProbeResult(target=scrape.target, probe=scrape.endpoint, success=scrape.success,
+                         started_at=scrape.finished_at - scrape.duration_seconds,
+                         duration_seconds=scrape.duration_seconds, reason=scrape.reason, detail=scrape.detail,
+                         http_status=scrape.http_status, trace=trace.lines)
+    state = scrape.model_info or scrape.health
+    return Row(result, api=scrape.api, models=dict(state.models_loaded) if state else None)
+
+
+class LiveTrace(Trace):
+    """A trace that also hands each line to a sink as it is written (live progress)."""
+
+    def __init__(self, sink: Callable[[str], None]):
+        super().__init__()
+        self._sink = sink
+
+    def __call__(self, message: str) -> None:
+        super().__call__(message)
+        self._sink(self.lines[-1])
+
+
+class Reporter:
+    """Progress on stderr: one rewritten status line in a terminal; every trace line with --verbose."""
+
+    def __init__(self, stream: TextIO, verbose: bool = False):
+        self.stream = stream
+        self.verbose = verbose
+        self.live = stream.isatty() and not verbose
+        self.kind = ""
+
+    def start(self, kind: str) -> Trace:
+        self.kind = kind
+        if self.verbose:
+            self.stream.write(f"--- {kind}\n")
+        return LiveTrace(self._line)
+
+    def _line(self, line: str) -> None:
+        if self.verbose:
+            self.stream.write(f"[{self.kind}] {line}\n")
+            self.stream.flush()
+        elif self.live:
+            self._status(line.strip())
+
+    def progress(self, note: str) -> None:
+        """ProbeContext.progress: what a streaming session has received so far."""
+        if self.live:
+            self._status(note)
+
+    def _status(self, text: str) -> None:
+        self.stream.write(f"\r\x1b[K{self.kind}: {text[:100]}")
+        self.stream.flush()
+
+    def done(self, row: Row) -> None:
+        if self.live:
+            self.stream.write(f"\r\x1b[K{self.kind}: {_verdict(row)}\n")
+            self.stream.flush()
+
+
+# --- the table ------------------------------------------------------------------------------------
+def _verdict(row: Row) -> str:
+    if not row.result.applicable:
+        return "N/A"
+    return "PASS" if row.result.success else "FAIL"
+
+
+def _figures(row: Row) -> str:
+    """Latency and other figures worth a glance, per kind."""
+    result = row.result
+    if result.probe in SCRAPE_KINDS:
+        parts = [f"api {row.api}"] if row.api else []
+        if row.models:
+            parts.append(f"{sum(row.models.values())}/{len(row.models)} models loaded")
+        return ", ".join(parts)
+    stream = result.stream
+    if stream is not None and stream.connect_seconds is not None:
+        parts = [f"connect {_ms(stream.connect_seconds)}"]
+        if stream.first_result_seconds is not None:
+            parts.append(f"first result {_ms(stream.first_result_seconds)}")
+        if stream.final_result_seconds is not None:
+            parts.append(f"final {_ms(stream.final_result_seconds)}")
+        parts.append(f"{stream.partial_results} partials")
+        return ", ".join(parts)
+    if result.processing_seconds is not None:
+        rtf = result.real_time_factor
+        return f"server {_ms(result.processing_seconds)}" + (f", RTF {rtf:.3f}" if rtf is not None else "")
+    return ""
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms"
+
+
+def render_table(target: str, rows: list[Row]) -> str:
+    header = ("PROBE", "RESULT", "REASON", "TIME", "CER", "FIGURES", "TRANSCRIPT")
+    table = [header]
+    for row in rows:
+        result = row.result
+        table.append((
+            result.probe,
+            _verdict(row),
+            result.reason or "-",
+            f"{result.duration_seconds:.3f}s",
+            f"{result.cer:.3f}" if result.cer is not None else "-",
+            _figures(row) or "-",
+            result.transcript if result.transcript is not None else "-",
+        ))
+    widths = [max(len(line[i]) for line in table) for i in range(len(header) - 1)]
+    lines = [f"whoAsr probe of {target}", ""]
+    for line in table:
+        cells = [cell.ljust(width) for cell, width in zip(line, widths)]
+        lines.append("  ".join([*cells, line[-1]]).rstrip())
+    notes = []
+    for row in rows:
+        result = row.result
+        if not result.applicable:
+            notes.append(f"{result.probe}: not applicable: {result.detail}")
+        elif not result.success:
+            step = f" at {result.step}" if result.step else ""
+            notes.append(f"{result.probe}: {result.reason}{step}: {result.detail}")
+            notes.extend(f"  check {check.name} failed: {check.detail}" for check in result.checks if not check.ok)
+    if notes:
+        lines += ["", *notes]
+    passed = sum(1 for row in rows if row.result.success)
+    failed = sum(1 for row in rows if not row.passed)
+    not_applicable = sum(1 for row in rows if not row.result.applicable)
+    lines += ["", f"{passed} passed, {failed} failed, {not_applicable} not applicable"]
+    return "\n".join(lines)
