@@ -17,19 +17,13 @@ from grafanalib._gen import DashboardEncoder
 from exporter.config import Config
 
 from . import slo as slo_rules
-from .promql import number_text, ratio_text
+from .promql import duration, number_text, ratio_text
 
 SCHEMA_VERSION = 39  # Grafana 10.3 / 10.4
 GRAFANA_VERSION = "10.4.0"
 DS = {"type": "prometheus", "uid": "${datasource}"}
 DS_INPUT = "DS_PROMETHEUS"
 PANEL_TYPES = ("timeseries", "stat", "gauge", "bargauge", "table", "heatmap")
-UIDS = {
-    "whoasr-overview": "whoasr-overview",
-    "whoasr-probes": "whoasr-probes",
-    "whoasr-voice-path": "whoasr-voice-path",
-    "whoasr-slo": "whoasr-slo",
-}
 SEL = 'job=~"$job", target=~"$target"'
 PSEL = 'job=~"$job", target=~"$target", probe=~"$probe"'
 SSEL = 'job=~"$job", target=~"$target", probe="stream"'
@@ -97,6 +91,11 @@ def quantiles(metric: str, selector: str, by: str) -> list[g.Target]:
         )
         for i, (quantile, name) in enumerate(QUANTILES)
     ]
+
+
+def p95(metric: str, selector: str) -> str:
+    """The p95 of a histogram over everything selected."""
+    return f"histogram_quantile(0.95, sum by (le) (rate({metric}_bucket{{{selector}}}[{RI}])))"
 
 
 def timeseries(title: str, description: str, targets: list[g.Target], unit: str, *,
@@ -288,8 +287,8 @@ def overview(config: Config) -> tuple[str, str, list[list[Panel]]]:
         [
             stat("Targets up", "Targets whose last GET /health answered 200 with valid JSON (whoasr_up).",
                  q(f"sum(whoasr_up{{{SEL}}})"), "none"),
-            stat("Targets down", "Targets whose last GET /health failed. An alert fires after "
-                 f"{number_text(t.for_short)}s.",
+            stat("Targets down", "Targets whose last GET /health failed; WhoasrTargetDown fires after "
+                 f"{duration(t.for_short)}.",
                  q(f"count(whoasr_up{{{SEL}}} == 0) or vector(0)"), "none",
                  thresholds=steps("green", (1, "red"))),
             stat("Probes failing", "Probe kinds (per target) whose last run failed.",
@@ -395,7 +394,7 @@ def probes(config: Config) -> tuple[str, str, list[list[Panel]]]:
                    f"/ sum(rate(whoasr_probe_runs_total{{{PSEL}}}[{RI}]))"),
                  "percentunit", thresholds=failure_steps),
             stat("Duration p95", f"p95 of the probe run duration; red above {number_text(t.response_time_seconds)} s.",
-                 q(f"histogram_quantile(0.95, sum by (le) (rate(whoasr_probe_duration_seconds_bucket{{{PSEL}}}[{RI}])))"),
+                 q(p95("whoasr_probe_duration_seconds", PSEL)),
                  "s", thresholds=slow),
             stat("Skipped runs", "Runs not started because the previous run was still going (interval "
                  "shorter than the probe takes).",
@@ -430,7 +429,8 @@ def probes(config: Config) -> tuple[str, str, list[list[Panel]]]:
                           "{{target}} {{probe}}")],
                        "none", thresholds=steps("green", (1, "red")), min=0),
             timeseries("Character error rate", "Character errors / reference characters of the probe "
-                       f"transcripts; the line is the bound of the accuracy alert ({number_text(t.character_error_rate)}).",
+                       "transcripts; the line is the bound of the accuracy alert "
+                       f"({number_text(t.character_error_rate)}).",
                        [q(f"sum by (target, probe) (rate(whoasr_probe_character_errors_total{{{PSEL}}}[{RI}]))\n"
                           f"/ sum by (target, probe) (rate(whoasr_probe_reference_characters_total{{{PSEL}}}[{RI}]))",
                           "{{target}} {{probe}}")],
@@ -471,10 +471,10 @@ def voice_path(config: Config) -> tuple[str, str, list[list[Panel]]]:
                  thresholds=steps("red", (1, "green")), mappings=PASS_FAIL, width=6),
             stat("First result p95", "p95 time from the first audio frame sent to the first recognition "
                  f"result; red above {number_text(t.stream_first_result_seconds)} s (the alert threshold).",
-                 q(f"histogram_quantile(0.95, sum by (le) (rate(whoasr_stream_first_result_seconds_bucket{{{SEL}}}[{RI}])))"),
+                 q(p95("whoasr_stream_first_result_seconds", SEL)),
                  "s", thresholds=first, width=6),
             stat("Final result p95", "p95 time from stop_recording to the end of the session.",
-                 q(f"histogram_quantile(0.95, sum by (le) (rate(whoasr_stream_final_result_seconds_bucket{{{SEL}}}[{RI}])))"),
+                 q(p95("whoasr_stream_final_result_seconds", SEL)),
                  "s", width=6),
             stat("Partial results per session", "Partial results received per streaming session: a server "
                  "can look fast by sending fewer.",
@@ -484,7 +484,8 @@ def voice_path(config: Config) -> tuple[str, str, list[list[Panel]]]:
         ],
         [
             timeseries("First result latency", "First audio frame sent to first recognition_result, per "
-                       f"session; the line is the threshold of the alert ({number_text(t.stream_first_result_seconds)} s).",
+                       "session; the line is the threshold of the alert "
+                       f"({number_text(t.stream_first_result_seconds)} s).",
                        quantiles("whoasr_stream_first_result_seconds", SEL, "target"), "s", thresholds=first),
             heatmap("First result latency distribution", "Sessions per first-result latency bucket and interval.",
                     "whoasr_stream_first_result_seconds", SEL, "s"),
@@ -576,6 +577,7 @@ def slo(config: Config) -> tuple[str, str, list[list[Panel]]]:
         "(Sloth-compatible series).", rows
 
 
+# (uid and file name, builder, has a probe variable, default time range)
 DASHBOARDS = (
     ("whoasr-overview", overview, False, "6h"),
     ("whoasr-probes", probes, True, "6h"),
@@ -632,7 +634,8 @@ def _finish_panel(data: dict, spec: Panel) -> dict:
         }
         for target in data["targets"]
     ]
-    for key in ("span", "height", "minSpan", "error", "cacheTimeout", "interval", "timeFrom", "timeShift", "maxDataPoints",
+    for key in ("span", "height", "minSpan", "error", "cacheTimeout", "interval", "timeFrom", "timeShift",
+                "maxDataPoints",
                 "repeat", "repeatDirection", "maxPerRow", "hideTimeOverride", "thresholds", "thresholdType"):
         data.pop(key, None)
     return data
@@ -675,7 +678,7 @@ def build(uid: str, config: Config) -> dict:
     dashboard = g.Dashboard(
         title=title,
         description=description,
-        uid=UIDS[name],
+        uid=name,  # stable: links and provisioning refer to it
         tags=["whoasr", "whoasr-exporter"],
         panels=panels,
         templating=g.Templating(list=_variables(with_probe)),
