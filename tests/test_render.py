@@ -237,6 +237,12 @@ def test_every_runbook_section_belongs_to_an_alert():
     assert sections == names
 
 
+def test_runbook_window_table_is_the_rendered_one():
+    text = RUNBOOK.read_text(encoding="utf-8")
+    for row in slo_mod.BURN_WINDOWS:
+        assert f"| {row.severity} ({row.sloth_severity}) | {row.factor}x | {row.long} | {row.short} |" in text
+
+
 def test_every_alert_has_a_firing_and_a_silent_unit_test():
     """Mechanically: each (alert, severity) of the rules is expected to fire in some test case, and each
     alert name is expected to be silent (exp_alerts: []) in another."""
