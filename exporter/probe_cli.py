@@ -303,7 +303,8 @@ def render_table(target: str, rows: list[Row]) -> str:
         elif not result.success:
             step = f" at {result.step}" if result.step else ""
             notes.append(f"{result.probe}: {result.reason}{step}: {result.detail}")
-            notes.extend(f"  check {check.name} failed: {check.detail}" for check in result.checks if not check.ok)
+            notes.extend(f"  check {check.name} failed: {check.detail}" for check in result.checks
+                         if not check.ok and check.detail != result.detail)
     if notes:
         lines += ["", *notes]
     passed = sum(1 for row in rows if row.result.success)
