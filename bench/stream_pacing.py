@@ -87,7 +87,8 @@ def report(runs: list[tuple[ProbeResult, Pacing]], wall: float, own_cpu: float, 
     firsts = [r.stream.first_result_seconds for r in results if r.stream.first_result_seconds is not None]
     finals = [r.stream.final_result_seconds for r in results if r.stream.final_result_seconds is not None]
     worst = [r.stream.max_pacing_error_seconds for r in results if r.stream.max_pacing_error_seconds is not None]
-    print(f"sessions {len(results)} ({len(results) - len(failed)} passed{', failed: ' + ', '.join(failed) if failed else ''}), "
+    outcome = f"{len(results) - len(failed)} passed" + (f", failed: {', '.join(failed)}" if failed else "")
+    print(f"sessions {len(results)} ({outcome}), "
           f"frame {args.frame_ms} ms, {'staggered' if args.stagger else 'simultaneous'} starts, api {args.api}, "
           f"wall {wall:.2f} s")
     print(f"frame lateness over {len(lateness)} frames (ms):  p50 {ms(lateness, 50)}  p95 {ms(lateness, 95)}  "

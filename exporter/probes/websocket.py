@@ -283,6 +283,7 @@ class Session:
                             await asyncio.sleep(delay)
                         late = self.loop.time() - due
                         worst = max(worst, abs(late))
+                        self.timings.max_pacing_error_seconds = worst
                         if pacing is not None:
                             pacing.lateness.append(late)
                     await self._send_text(frame)
@@ -293,11 +294,9 @@ class Session:
         except TimeoutError:
             raise Failure("timeout", f"sent {self.timings.frames_sent} of {len(frames)} frames before the deadline",
                           step="audio") from None
-        if realtime:
-            self.timings.max_pacing_error_seconds = worst
+        how = f"worst pacing error {worst * 1000:.2f} ms" if realtime else "pace: fast"
         self.ctx.trace(f"sent {len(frames)} frames of {frame_seconds * 1000:g} ms in "
-                       f"{self.loop.time() - t0:.3f} s" + (f", worst pacing error {worst * 1000:.2f} ms" if realtime else
-                                                           " (pace: fast)"))
+                       f"{self.loop.time() - t0:.3f} s ({how})")
 
     def _drain(self) -> None:
         while not self.socket.inbox.empty():
