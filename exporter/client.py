@@ -80,10 +80,14 @@ def describe(exc: BaseException) -> str:
     return redact(f"{type(exc).__name__}: {text}", 160)
 
 
-def new_session(limit: int = 256) -> aiohttp.ClientSession:
-    """The daemon's one shared session: pooled connections, no cookies, no global timeout."""
+def new_session(limit: int = 1000) -> aiohttp.ClientSession:
+    """The daemon's one shared session: pooled connections, no cookies, no global timeout.
+
+    No per-host limit: the scheduler already allows one run per (target, kind), and a streaming probe holds
+    its connection for the whole session, so a per-host cap would make probes queue and measure the queue.
+    """
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=limit, limit_per_host=8, enable_cleanup_closed=True),
+        connector=aiohttp.TCPConnector(limit=limit, limit_per_host=0, enable_cleanup_closed=True),
         cookie_jar=aiohttp.DummyCookieJar(),
         headers={"User-Agent": USER_AGENT},
         timeout=aiohttp.ClientTimeout(total=None),
