@@ -147,6 +147,12 @@ class TargetConfig(_Strict):
                 raise ValueError(f"unknown probe {kind!r}; expected some of {', '.join(PROBE_KINDS)}")
         return value
 
+    @model_validator(mode="after")
+    def _one_credential(self) -> "TargetConfig":
+        if self.bearer_token and self.basic_auth:
+            raise ValueError("bearer_token and basic_auth both set; a request carries one Authorization header")
+        return self
+
     def enabled_probes(self) -> tuple[str, ...]:
         return self.probes if self.probes is not None else DEFAULT_PROBES
 

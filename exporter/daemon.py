@@ -19,8 +19,7 @@ from exporter.client import TargetClient, new_session
 from exporter.config import SCRAPE_KINDS, Config, ConfigError, TargetConfig, load_config
 from exporter.gate import TargetGate
 from exporter.history import History
-from exporter.exposition import Exposition
-from exporter.metrics import process_registry
+from exporter.metrics import Exposition, process_registry
 from exporter.probes import ProbeContext, failed, run_probe
 from exporter.results import Failure, ProbeResult, ScrapeResult, Trace
 from exporter.scheduler import Plan, Scheduler

@@ -22,13 +22,11 @@ from typing import TYPE_CHECKING, Optional, Union
 
 import structlog
 from aiohttp import web
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.exposition import choose_encoder
 from pydantic import ValidationError
 
 from exporter.client import TargetClient
 from exporter.config import PROBE_KINDS, SCRAPE_KINDS, TargetConfig
-from exporter.metrics import ResultCollector
+from exporter.metrics import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, render_result, wants_openmetrics
 from exporter.results import ProbeResult, ScrapeResult, Trace
 
 if TYPE_CHECKING:
@@ -97,13 +95,12 @@ class ProbeHandler:
             log.debug("on-demand probe done", target=client.name, probe=module, success=result.success)
         else:
             log.info("on-demand probe failed", target=client.name, probe=module, reason=result.reason)
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(ResultCollector(result))
         if debug:
-            text = debug_report(client, module, budget_note, trace, result, generate_latest(registry).decode())
+            text = debug_report(client, module, budget_note, trace, result, render_result(result).decode())
             return web.Response(text=text, headers=_PLAIN_HEADERS)
-        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        return web.Response(body=encoder(registry), headers={"Content-Type": content_type})
+        openmetrics = wants_openmetrics(request.headers.get("Accept", ""))
+        return web.Response(body=render_result(result, openmetrics),
+                            headers={"Content-Type": OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE})
 
     # --- request -> what to run ---------------------------------------------------------------
     def resolve_target(self, value: str) -> TargetClient:

@@ -13,7 +13,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from aiohttp import web
 
 from exporter import __version__, probe_endpoint, websecurity
-from exporter.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, wants_openmetrics
+from exporter.metrics import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, wants_openmetrics
 
 if TYPE_CHECKING:
     from exporter.daemon import Daemon

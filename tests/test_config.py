@@ -32,6 +32,8 @@ BAD_CONFIGS = [
     ("probes:\n  stream: {frame_ms: 1000}\n", "probes.stream.frame_ms: Input should be less than or equal to 600"),
     ("probes:\n  batch: {clip: missing}\n", "probes.batch.clip: unknown clip 'missing'"),
     ("clips:\n  mine: {path: /nonexistent/clip.wav, transcript: hi}\n", "clips.mine.path: no such file"),
+    ("targets:\n  - {name: a, url: 'http://x', bearer_token: t, basic_auth: {username: u, password: p}}\n",
+     "targets[0]: bearer_token and basic_auth both set"),
     ("tragets: []\n", "tragets: unknown key"),
     ("- just\n- a list\n", "(top level): expected a mapping"),
     ("targets: [\n", "not valid YAML"),
