@@ -99,7 +99,8 @@ def test_clip_paths_resolve_against_the_config_file(tmp_path):
 
 
 def test_secrets_are_not_in_repr():
-    config = parse_config({"targets": [{"name": "a", "url": "http://x", "bearer_token": "s3cr3t-token",
+    config = parse_config({"targets": [{"name": "a", "url": "http://x", "bearer_token": "s3cr3t-token"},
+                                       {"name": "b", "url": "http://y",
                                         "basic_auth": {"username": "u", "password": "hunter2"}}]})
     text = repr(config)
     assert "s3cr3t-token" not in text and "hunter2" not in text
