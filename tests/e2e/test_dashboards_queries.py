@@ -1,0 +1,153 @@
+"""The rendered Grafana dashboards' PromQL against the real Prometheus of the e2e stack.
+
+Grafana's variables are replaced with what Grafana would send: `$job` the exporter's job, `$target` and
+`$probe` an "All" selection written as a regex, `$__rate_interval` and friends the values for a dashboard
+range of a few hours at a 1 s scrape interval. Every expression must run; on the overview and probes
+dashboards every query must also return a number for the healthy targets.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import HEALTHY, JOB, PROBE_KINDS, Stack
+from tests.support import wait_until
+
+pytestmark = pytest.mark.e2e
+
+VARIABLES = {
+    "job": JOB,
+    "target": "|".join(HEALTHY),
+    "probe": "|".join(PROBE_KINDS),
+    "__rate_interval": "30s",
+    "__interval": "2s",
+    "__interval_ms": "2000",
+    "__range": "5m",
+    "__range_s": "300",
+    "__range_ms": "300000",
+}
+_VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)\]\]")
+_LABEL_VALUES = re.compile(r"^label_values\((?:(.+),\s*)?(\w+)\)$", re.S)
+
+# Dashboards whose every query must return data when the targets are healthy.
+MUST_HAVE_DATA = ("whoasr-overview", "whoasr-probes")
+# Panels that by nature have no series while everything is healthy (uid, panel title) -> why.
+NO_DATA_WHEN_HEALTHY = {
+    ("whoasr-overview", "Scrape errors by reason"):
+        "whoasr_scrape_errors_total has a series only once a scrape failed",
+    ("whoasr-probes", "Skipped runs"):
+        "whoasr_probe_skipped_total has a series only once a run was skipped",
+    ("whoasr-probes", "Failure ratio by reason"):
+        "whoasr_probe_failures_total has a series per reason only once a run failed",
+    ("whoasr-probes", "Failures by reason"):
+        "whoasr_probe_failures_total has a series per reason only once a run failed",
+}
+
+
+def substitute(expr: str) -> str:
+    """Replaces Grafana variables ($var, ${var}, ${var:fmt}, [[var]]); an unknown one is an error."""
+    def value(match: re.Match) -> str:
+        name = next(group for group in match.groups() if group)
+        assert name in VARIABLES, f"unknown dashboard variable ${name} in {expr!r}"
+        return VARIABLES[name]
+
+    return _VARIABLE.sub(value, expr)
+
+
+def _panels(panels: list[dict]):
+    for panel in panels:
+        yield panel
+        yield from _panels(panel.get("panels", []))
+
+
+def _count_exprs(node) -> int:
+    if isinstance(node, dict):
+        return ("expr" in node) + sum(_count_exprs(v) for v in node.values())
+    if isinstance(node, list):
+        return sum(_count_exprs(v) for v in node)
+    return 0
+
+
+def panel_queries(dashboard: dict) -> list[tuple[str, str]]:
+    """(panel title, expr) for every query of every panel and annotation, rows included."""
+    found = [(panel.get("title", "?"), target["expr"]) for panel in _panels(dashboard.get("panels", []))
+             for target in panel.get("targets", []) if target.get("expr")]
+    found += [(f"annotation {a.get('name')}", a["expr"]) for a in dashboard.get("annotations", {}).get("list", [])
+              if a.get("expr")]
+    assert len(found) == _count_exprs(dashboard), f"{dashboard['uid']}: an expr outside panels and annotations"
+    return found
+
+
+def variable_queries(dashboard: dict) -> list[tuple[str, str, str]]:
+    """(variable name, series selector, label) of every label_values() query variable."""
+    found = []
+    for variable in dashboard.get("templating", {}).get("list", []):
+        if variable.get("type") != "query":
+            continue
+        query = variable.get("query")
+        query = query.get("query") if isinstance(query, dict) else query
+        match = _LABEL_VALUES.match(query.strip())
+        assert match and match.group(1), f"{dashboard['uid']}: ${variable['name']}: unsupported query {query!r}"
+        found.append((variable["name"], match.group(1), match.group(2)))
+    return found
+
+
+def _dashboards(stack: Stack) -> dict[str, dict]:
+    files = sorted((stack.render_dir / "dashboards").glob("*.json"))
+    assert files, "write_all rendered no dashboards"
+    dashboards = {}
+    for path in files:
+        dashboard = json.loads(Path(path).read_text())
+        dashboards[dashboard["uid"]] = dashboard
+    assert set(MUST_HAVE_DATA) <= set(dashboards), sorted(dashboards)
+    return dashboards
+
+
+def _has_number(result: list[dict]) -> bool:
+    return any(not math.isnan(float(series["value"][1])) for series in result)
+
+
+def test_every_dashboard_expression_runs(healthy_stack: Stack):
+    errors = []
+    for uid, dashboard in _dashboards(healthy_stack).items():
+        for title, expr in panel_queries(dashboard):
+            try:
+                healthy_stack.query(substitute(expr))
+            except AssertionError as exc:
+                errors.append(f"{uid} / {title}: {exc}")
+        for name, selector, label in variable_queries(dashboard):
+            try:
+                result = healthy_stack.query(substitute(selector))
+                if not any(label in series["metric"] for series in result):
+                    errors.append(f"{uid} / ${name}: {selector} has no series with label {label!r}")
+            except AssertionError as exc:
+                errors.append(f"{uid} / ${name}: {exc}")
+    assert not errors, "\n".join(errors)
+
+
+def test_overview_and_probes_panels_have_data(healthy_stack: Stack):
+    dashboards = _dashboards(healthy_stack)
+    for uid, title in NO_DATA_WHEN_HEALTHY:  # an exception must name a panel that still exists
+        assert any(p.get("title") == title for p in _panels(dashboards[uid]["panels"])), (uid, title)
+    pending = {(uid, title, expr) for uid in MUST_HAVE_DATA for title, expr in panel_queries(dashboards[uid])
+               if (uid, title) not in NO_DATA_WHEN_HEALTHY}
+
+    def all_have_data() -> bool:
+        # Rates need two scrapes and a histogram quantile needs a run inside the window: poll, dropping
+        # each query once it has returned a number.
+        for item in sorted(pending):
+            if _has_number(healthy_stack.query(substitute(item[2]))):
+                pending.discard(item)
+        return not pending
+
+    try:
+        wait_until(all_have_data, timeout=40, interval=1, what="data in every panel")
+    except TimeoutError:
+        pass
+    assert not pending, "panels without data for healthy targets:\n" + "\n".join(
+        f"{uid} / {title}: {expr}" for uid, title, expr in sorted(pending))
