@@ -96,11 +96,3 @@ def test_clip_paths_resolve_against_the_config_file(tmp_path):
     path.write_text("clips:\n  hello: {path: clips/hello.wav, transcript: 你好}\nprobes:\n  batch: {clip: hello}\n")
     config = load_config(path)
     assert config.clips["hello"].path == str(clip)
-
-
-def test_secrets_are_not_in_repr():
-    config = parse_config({"targets": [{"name": "a", "url": "http://x", "bearer_token": "s3cr3t-token"},
-                                       {"name": "b", "url": "http://y",
-                                        "basic_auth": {"username": "u", "password": "hunter2"}}]})
-    text = repr(config)
-    assert "s3cr3t-token" not in text and "hunter2" not in text

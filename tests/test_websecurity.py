@@ -198,9 +198,9 @@ def test_secrets_never_appear_in_pages_debug_output_or_logs(secured):
 
 
 def test_target_secrets_are_not_in_reprs():
-    target = TargetConfig(name="t", url="http://h:1", bearer_token=TOKEN,
-                          basic_auth=BasicAuth(username="u", password=TARGET_PASSWORD))
-    assert TOKEN not in repr(target) and TARGET_PASSWORD not in repr(target)
+    with_token = TargetConfig(name="t", url="http://h:1", bearer_token=TOKEN)
+    with_password = TargetConfig(name="u", url="http://h:1", basic_auth=BasicAuth(username="u", password=TARGET_PASSWORD))
+    assert TOKEN not in repr(with_token) and TARGET_PASSWORD not in repr(with_password)
 
 
 def test_unusable_tls_files_refuse_to_start_with_exit_2(tmp_path):
