@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from exporter.config import parse_duration
-from tests.e2e.conftest import HEALTHY, JOB, NOT_APPLICABLE, Stack, expected_probes
+from tests.e2e.stack import HEALTHY, JOB, NOT_APPLICABLE, Stack, expected_probes
 from tests.support import wait_until
 
 pytestmark = pytest.mark.e2e
