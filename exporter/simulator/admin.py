@@ -8,14 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from exporter.simulator.faults import detail, ok
-from exporter.simulator.state import (
-    DEFAULT_SYSTEM,
-    ENDPOINTS,
-    MODEL_TYPES,
-    SIM_KEY,
-    SimState,
-    validate_faults,
-)
+from exporter.simulator.state import DEFAULT_SYSTEM, ENDPOINTS, MODEL_TYPES, sim_of, validate_faults
 
 SYSTEM_KEYS = tuple(DEFAULT_SYSTEM)
 
@@ -31,16 +24,12 @@ async def _body(request: web.Request) -> Any:
                                  content_type="application/json") from exc
 
 
-def _sim(request: web.Request) -> SimState:
-    return request.app[SIM_KEY]
-
-
 async def get_faults(request: web.Request) -> web.Response:
-    return ok({"faults": _sim(request).faults})
+    return ok({"faults": sim_of(request).faults})
 
 
 async def put_faults(request: web.Request) -> web.Response:
-    sim, endpoint = _sim(request), request.match_info["endpoint"]
+    sim, endpoint = sim_of(request), request.match_info["endpoint"]
     if endpoint not in ENDPOINTS:
         return detail(404, f"unknown endpoint {endpoint!r}; expected any of {', '.join(ENDPOINTS)}")
     try:
@@ -55,7 +44,7 @@ async def put_faults(request: web.Request) -> web.Response:
 
 
 async def delete_faults(request: web.Request) -> web.Response:
-    sim, endpoint = _sim(request), request.match_info.get("endpoint")
+    sim, endpoint = sim_of(request), request.match_info.get("endpoint")
     if endpoint is None:
         sim.faults.clear()
     elif endpoint not in ENDPOINTS:
@@ -66,13 +55,13 @@ async def delete_faults(request: web.Request) -> web.Response:
 
 
 async def get_system(request: web.Request) -> web.Response:
-    return ok(_sim(request).system)
+    return ok(sim_of(request).system)
 
 
 async def put_system(request: web.Request) -> web.Response:
     """Sets what /health reports. Percentages in 0..100 (or "unknown"); memory_available_gb follows
     memory_percent and memory_total_gb unless given explicitly."""
-    sim, body = _sim(request), await _body(request)
+    sim, body = sim_of(request), await _body(request)
     if not isinstance(body, dict):
         return detail(400, "expected a JSON object")
     for key, value in body.items():
@@ -92,13 +81,13 @@ async def put_system(request: web.Request) -> web.Response:
 
 
 async def get_models(request: web.Request) -> web.Response:
-    sim = _sim(request)
+    sim = sim_of(request)
     return ok({m: {"loaded": s.loaded, "fail_load": s.fail_load} for m, s in sim.models.items()})
 
 
 async def put_model(request: web.Request) -> web.Response:
     """Flips a model's state at once (no load delay); fail_load makes later loads of it fail."""
-    sim, model_type = _sim(request), request.match_info["model_type"]
+    sim, model_type = sim_of(request), request.match_info["model_type"]
     if model_type not in MODEL_TYPES:
         return detail(404, f"unknown model type {model_type!r}; expected any of {', '.join(MODEL_TYPES)}")
     body = await _body(request)
@@ -113,11 +102,11 @@ async def put_model(request: web.Request) -> web.Response:
 
 
 async def get_load_delay(request: web.Request) -> web.Response:
-    return ok({"seconds": _sim(request).load_delay})
+    return ok({"seconds": sim_of(request).load_delay})
 
 
 async def put_load_delay(request: web.Request) -> web.Response:
-    sim, body = _sim(request), await _body(request)
+    sim, body = sim_of(request), await _body(request)
     seconds = body.get("seconds") if isinstance(body, dict) else None
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
         return detail(400, "expected {\"seconds\": <non-negative number>}")
@@ -126,7 +115,7 @@ async def put_load_delay(request: web.Request) -> web.Response:
 
 
 async def get_stats(request: web.Request) -> web.Response:
-    sim = _sim(request)
+    sim = sim_of(request)
     return ok({
         "requests": {e: sim.requests.get(e, 0) for e in ENDPOINTS} | {
             k: v for k, v in sim.requests.items() if k not in ENDPOINTS},
@@ -136,23 +125,27 @@ async def get_stats(request: web.Request) -> web.Response:
 
 
 async def delete_stats(request: web.Request) -> web.Response:
-    sim = _sim(request)
+    sim = sim_of(request)
     sim.requests.clear()
     for state in sim.models.values():
         state.total_requests, state.last_used = 0, None
     return await get_stats(request)
 
 
+# path below /-/sim -> method -> handler; GETs answer HEAD too (aiohttp's add_get).
+ROUTES = {
+    "/faults": {"GET": get_faults, "DELETE": delete_faults},
+    "/faults/{endpoint}": {"PUT": put_faults, "DELETE": delete_faults},
+    "/system": {"GET": get_system, "PUT": put_system},
+    "/models": {"GET": get_models},
+    "/models/{model_type}": {"PUT": put_model},
+    "/load_delay": {"GET": get_load_delay, "PUT": put_load_delay},
+    "/stats": {"GET": get_stats, "DELETE": delete_stats},
+}
+
+
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/-/sim/faults", get_faults)
-    app.router.add_delete("/-/sim/faults", delete_faults)
-    app.router.add_put("/-/sim/faults/{endpoint}", put_faults)
-    app.router.add_delete("/-/sim/faults/{endpoint}", delete_faults)
-    app.router.add_get("/-/sim/system", get_system)
-    app.router.add_put("/-/sim/system", put_system)
-    app.router.add_get("/-/sim/models", get_models)
-    app.router.add_put("/-/sim/models/{model_type}", put_model)
-    app.router.add_get("/-/sim/load_delay", get_load_delay)
-    app.router.add_put("/-/sim/load_delay", put_load_delay)
-    app.router.add_get("/-/sim/stats", get_stats)
-    app.router.add_delete("/-/sim/stats", delete_stats)
+    for path, handlers in ROUTES.items():
+        for method, handler in handlers.items():
+            add = getattr(app.router, f"add_{method.lower()}")  # add_get, add_put, add_delete
+            add("/-/sim" + path, handler)

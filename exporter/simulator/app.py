@@ -12,7 +12,7 @@ from aiohttp import web
 from exporter import logs
 from exporter.simulator import admin, http_routes as routes
 from exporter.simulator.faults import detail, ok
-from exporter.simulator.state import MODEL_TYPES, SIM_KEY, SimState, SimulatorOptions
+from exporter.simulator.state import MODEL_TYPES, SIM_KEY, SimState, SimulatorOptions, sim_of
 from exporter.simulator.websockets import stream_socket, vad_socket
 
 log = structlog.get_logger("exporter.simulator")
@@ -63,7 +63,7 @@ def openapi_document(api: str) -> dict:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    sim = request.app[SIM_KEY]
+    sim = sim_of(request)
     sim.count("openapi")
     return ok(openapi_document(sim.options.api))
 

@@ -8,12 +8,13 @@ Everything else sleeps with asyncio.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import secrets
 import time
 import uuid
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
@@ -31,9 +32,9 @@ from exporter.simulator.state import (
     API_ENDPOINTS,
     MODEL_SPECS,
     MODEL_TYPES,
-    SIM_KEY,
     SUPPORTED_FORMATS,
     SimState,
+    sim_of,
     utc_now_iso,
 )
 
@@ -51,12 +52,34 @@ INDEX_HTML = ("<!doctype html><html lang=\"zh\"><head><meta charset=\"utf-8\"><t
               "<body><div id=\"root\"></div><script type=\"module\" src=\"/assets/index.js\"></script></body></html>")
 
 
-def sim_of(request: web.Request) -> SimState:
-    return request.app[SIM_KEY]
-
-
 def is_upgrade(request: web.Request) -> bool:
     return request.headers.get("Upgrade", "").lower() == "websocket"
+
+
+Handler = Callable[[web.Request, SimState, bool], Awaitable[web.StreamResponse]]
+Route = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def whoasr_endpoint(name: str, *, faults: bool = True, blocking: bool | str = False) -> Callable[[Handler], Route]:
+    """What every whoAsr handler does first: counts the request under `name`, then (with `faults`) applies
+    that endpoint's injected HTTP faults, which answer instead of the handler when they fire.
+
+    `blocking` is http_faults' (latency stalls the whole server): True, False, or "v1" for endpoints only
+    the v1 server runs on its event loop. The handler is called as handler(request, sim, v1).
+    """
+    def wrap(handler: Handler) -> Route:
+        @functools.wraps(handler)
+        async def run(request: web.Request) -> web.StreamResponse:
+            sim = sim_of(request)
+            v1 = sim.options.api == "v1"
+            sim.count(name)
+            if faults:
+                stalls = v1 if blocking == "v1" else bool(blocking)
+                if (fault := await http_faults(request, sim, name, blocking=stalls)) is not None:
+                    return fault
+            return await handler(request, sim, v1)
+        return run
+    return wrap
 
 
 # ---------------------------------------------------------------- request parsing (FastAPI's rules)
@@ -132,6 +155,22 @@ def load_on_demand(sim: SimState, model_type: str) -> bool:
     return True
 
 
+async def run_model(sim: SimState, endpoint: str, model_type: str, content: bytes, path: str, prefix: str,
+                    blocking: bool) -> tuple[Any, web.Response | None]:
+    """The fake model on an uploaded file: counts the model's use; an injected model_exception or an
+    undecodable file is a 500 whose text starts with `prefix`; otherwise takes the model's time and gives
+    ((samples, rate), None)."""
+    sim.use_model(model_type)
+    if sim.fault(endpoint).get("model_exception"):
+        return None, detail(500, f"{prefix}: {MODEL_EXCEPTION}")
+    try:
+        samples, rate = decode_wav(content)
+    except Exception:  # noqa: BLE001 - anything the decoder rejects is "undecodable", as upstream
+        return None, detail(500, f"{prefix}: {undecodable(path)}")
+    await model_time(sim, len(samples) / rate * INFERENCE_RTF, blocking=blocking)
+    return (samples, rate), None
+
+
 # ---------------------------------------------------------------- health and model management
 
 def model_status(sim: SimState) -> dict[str, dict]:
@@ -181,11 +220,8 @@ def documented_health(sim: SimState, broken: bool) -> dict:
     }
 
 
-async def health(request: web.Request) -> web.StreamResponse:
-    sim = sim_of(request)
-    sim.count("health")
-    if (fault := await http_faults(request, sim, "health", blocking=True)) is not None:
-        return fault
+@whoasr_endpoint("health", blocking=True)
+async def health(request: web.Request, sim: SimState, v1: bool) -> web.StreamResponse:
     time.sleep(sim.options.health_delay)  # psutil.cpu_percent(interval=1) on the event loop
     broken = bool(sim.fault("health").get("model_exception"))  # psutil failing: system values "unknown"
     if sim.options.health_schema == "documented":
@@ -193,11 +229,8 @@ async def health(request: web.Request) -> web.StreamResponse:
     return ok(current_health(sim, broken))
 
 
-async def model_info(request: web.Request) -> web.StreamResponse:
-    sim = sim_of(request)
-    sim.count("model_info")
-    if (fault := await http_faults(request, sim, "model_info")) is not None:
-        return fault
+@whoasr_endpoint("model_info")
+async def model_info(request: web.Request, sim: SimState, v1: bool) -> web.StreamResponse:
     if sim.fault("model_info").get("model_exception"):
         return detail(500, f"Failed to get model info: {MODEL_EXCEPTION}")
     available = {}
@@ -214,9 +247,8 @@ def invalid_type(model_type: str) -> web.Response:
     return detail(400, f"Invalid model type: {model_type}. Available types: {list(MODEL_TYPES)}")
 
 
-async def model_load(request: web.Request) -> web.StreamResponse:
-    sim = sim_of(request)
-    sim.count("model_load")
+@whoasr_endpoint("model_load", faults=False)
+async def model_load(request: web.Request, sim: SimState, v1: bool) -> web.StreamResponse:
     body, error = await read_json(request)
     if error:
         return error
@@ -239,9 +271,8 @@ async def model_load(request: web.Request) -> web.StreamResponse:
     return ok({"success": True, "model_type": model_type, "message": f"{name} loaded successfully", "loaded": True})
 
 
-async def model_unload(request: web.Request) -> web.StreamResponse:
-    sim = sim_of(request)
-    sim.count("model_unload")
+@whoasr_endpoint("model_unload", faults=False)
+async def model_unload(request: web.Request, sim: SimState, v1: bool) -> web.StreamResponse:
     model_type = request.match_info["model_type"]
     if model_type not in MODEL_TYPES:
         return invalid_type(model_type)
@@ -252,9 +283,8 @@ async def model_unload(request: web.Request) -> web.StreamResponse:
     return ok({"success": True, "model_type": model_type, "message": f"{name} unloaded successfully", "loaded": False})
 
 
-async def model_config(request: web.Request) -> web.StreamResponse:
-    sim = sim_of(request)
-    sim.count("model_config")
+@whoasr_endpoint("model_config", faults=False)
+async def model_config(request: web.Request, sim: SimState, v1: bool) -> web.StreamResponse:
     model_type = request.match_info["model_type"]
     if model_type not in MODEL_TYPES:
         return invalid_type(model_type)
@@ -266,13 +296,9 @@ async def model_config(request: web.Request) -> web.StreamResponse:
 
 # ---------------------------------------------------------------- file recognition
 
-async def recognize(request: web.Request) -> web.StreamResponse:
-    sim = sim_of(request)
-    v1 = sim.options.api == "v1"
+@whoasr_endpoint("recognize", blocking="v1")
+async def recognize(request: web.Request, sim: SimState, v1: bool) -> web.StreamResponse:
     prefix = "Failed to recognize speech" if v1 else "Failed to recognize audio"
-    sim.count("recognize")
-    if (fault := await http_faults(request, sim, "recognize", blocking=v1)) is not None:
-        return fault
     form, error = await read_form(request)
     if error:
         return error
@@ -291,14 +317,10 @@ async def recognize(request: web.Request) -> web.StreamResponse:
     path = temp_path(sim.options.api, filename)
     if not load_on_demand(sim, "offline_asr"):
         return detail(500, f"{prefix}: Failed to load offline ASR model")
-    sim.use_model("offline_asr")
-    if sim.fault("recognize").get("model_exception"):
-        return detail(500, f"{prefix}: {MODEL_EXCEPTION}")
-    try:
-        samples, rate = decode_wav(content)
-    except Exception:  # noqa: BLE001 - anything the decoder rejects is "undecodable", as upstream
-        return detail(500, f"{prefix}: {undecodable(path)}")
-    await model_time(sim, len(samples) / rate * INFERENCE_RTF, blocking=v1)
+    audio, error = await run_model(sim, "recognize", "offline_asr", content, path, prefix, blocking=v1)
+    if error is not None:
+        return error
+    samples, rate = audio
     segments = speech_segments(samples, rate)
     spoken = sim.spoken_transcript("recognize") if segments else ""
     stamps = char_timestamps(len(spoken), segments)
@@ -312,12 +334,8 @@ async def recognize(request: web.Request) -> web.StreamResponse:
 
 # ---------------------------------------------------------------- punctuation
 
-async def punctuation(request: web.Request) -> web.StreamResponse:
-    sim = sim_of(request)
-    v1 = sim.options.api == "v1"
-    sim.count("punctuation")
-    if (fault := await http_faults(request, sim, "punctuation")) is not None:
-        return fault
+@whoasr_endpoint("punctuation")
+async def punctuation(request: web.Request, sim: SimState, v1: bool) -> web.StreamResponse:
     body, error = await read_json(request)
     if error:
         return error
@@ -349,12 +367,8 @@ async def punctuation(request: web.Request) -> web.StreamResponse:
 
 # ---------------------------------------------------------------- VAD on a file
 
-async def vad(request: web.Request) -> web.StreamResponse:
-    sim = sim_of(request)
-    v1 = sim.options.api == "v1"
-    sim.count("vad")
-    if (fault := await http_faults(request, sim, "vad", blocking=v1)) is not None:
-        return fault
+@whoasr_endpoint("vad", blocking="v1")
+async def vad(request: web.Request, sim: SimState, v1: bool) -> web.StreamResponse:
     form, error = await read_form(request)
     if error:
         return error
@@ -368,14 +382,10 @@ async def vad(request: web.Request) -> web.StreamResponse:
         return detail(503, VAD_NOT_LOADED)
     content = upload.file.read()
     path = temp_path("v2", filename)  # both generations save VAD uploads as /tmp/<uuid><ext>
-    sim.use_model("vad")
-    if sim.fault("vad").get("model_exception"):
-        return detail(500, f"VAD processing failed: {MODEL_EXCEPTION}")
-    try:
-        samples, rate = decode_wav(content)
-    except Exception:  # noqa: BLE001
-        return detail(500, f"VAD processing failed: {undecodable(path)}")
-    await model_time(sim, len(samples) / rate * INFERENCE_RTF, blocking=v1)
+    audio, error = await run_model(sim, "vad", "vad", content, path, "VAD processing failed", blocking=v1)
+    if error is not None:
+        return error
+    samples, rate = audio
     segments = speech_segments(samples, rate)
     if v1:
         return ok({"success": True, "segments": segments, "file_name": filename, "file_size": len(content),
@@ -386,12 +396,8 @@ async def vad(request: web.Request) -> web.StreamResponse:
 
 # ---------------------------------------------------------------- timestamps
 
-async def timestamp(request: web.Request) -> web.StreamResponse:
-    sim = sim_of(request)
-    v1 = sim.options.api == "v1"
-    sim.count("timestamp")
-    if (fault := await http_faults(request, sim, "timestamp")) is not None:
-        return fault
+@whoasr_endpoint("timestamp")
+async def timestamp(request: web.Request, sim: SimState, v1: bool) -> web.StreamResponse:
     form, error = await read_form(request)
     if error:
         return error
@@ -416,14 +422,10 @@ async def timestamp(request: web.Request) -> web.StreamResponse:
         text = str(text_file)
     content = audio.file.read()
     path = temp_path("v2", audio.filename or "")
-    sim.use_model("timestamp")
-    if sim.fault("timestamp").get("model_exception"):
-        return detail(500, f"Timestamp processing failed: {MODEL_EXCEPTION}")
-    try:
-        samples, rate = decode_wav(content)
-    except Exception:  # noqa: BLE001
-        return detail(500, f"Timestamp processing failed: {undecodable(path)}")
-    await asyncio.sleep(len(samples) / rate * INFERENCE_RTF)
+    _, error = await run_model(sim, "timestamp", "timestamp", content, path, "Timestamp processing failed",
+                               blocking=False)
+    if error is not None:
+        return error
     tokens = " ".join(ch for ch in text if not ch.isspace())
     # fa-zh answers {"key", "text", "timestamp"}; whoAsr keeps only text/start/end/confidence of it,
     # and those last three are absent upstream, so they come out as 0.

@@ -202,3 +202,8 @@ class SimState:
 
 
 SIM_KEY = web.AppKey("whoasr_simulator", SimState)
+
+
+def sim_of(request: web.Request) -> SimState:
+    """The state of the simulator application serving this request."""
+    return request.app[SIM_KEY]

@@ -10,15 +10,15 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Awaitable, Callable, Optional
 
 import numpy as np
 from aiohttp import WSMsgType, web
 
 from exporter.simulator.audio import EnergyVad, decode_chunk, is_garbled, speech_segments
 from exporter.simulator.faults import GARBAGE_BODY, hang, wrong_shape_body
-from exporter.simulator.http_routes import MODEL_EXCEPTION, fallback, is_upgrade, sim_of
-from exporter.simulator.state import SimState
+from exporter.simulator.http_routes import MODEL_EXCEPTION, fallback, is_upgrade
+from exporter.simulator.state import SimState, sim_of
 
 STREAM_STRIDE = 9600   # 600 ms at 16 kHz: one model call
 VAD_STRIDE = 3200      # 200 ms
@@ -100,20 +100,35 @@ async def _model_latency(sim: SimState, endpoint: str) -> None:
         await asyncio.sleep(latency)
 
 
-# ---------------------------------------------------------------- streaming recognition
+Parse = Callable[[Any], tuple[Any, Any]]
+Dispatch = Callable[[SimState, str, Any, Any], Awaitable[None]]
+Broken = Callable[[SimState, str, Exception], Awaitable[None]]
 
-async def stream_socket(request: web.Request) -> web.StreamResponse:
+
+async def _serve_socket(request: web.Request, endpoint: str, sessions: dict[str, Session], parse: Parse,
+                        dispatch: Dispatch, broken: Optional[Broken] = None,
+                        needs_model: Optional[str] = None) -> web.StreamResponse:
+    """One whoAsr WebSocket endpoint: counts the request, answers a plain GET as no socket route would,
+    applies the handshake faults, refuses (403) while `needs_model` is not loaded, then accepts, keys a
+    Session by client_id in `sessions` and reads text frames until the client goes.
+
+    Each frame's JSON goes through `parse` (-> kind, data) and then `dispatch`. A frame upstream's loop
+    would have died of (binary, not JSON, or whatever `parse` raises) ends the session: `broken` is told
+    first (it may answer), then the socket is left a zombie, as upstream leaves it.
+    """
     sim = sim_of(request)
-    sim.count("stream")
+    sim.count(endpoint)
     if not is_upgrade(request):
         return await fallback(request)
-    if (refused := await _handshake(request, "stream")) is not None:
+    if (refused := await _handshake(request, endpoint)) is not None:
         return refused
+    if needs_model is not None and not sim.models[needs_model].loaded:
+        return web.Response(status=403)  # upstream closes before accepting: uvicorn answers 403
     client_id = request.match_info["client_id"]
     ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE)
     await ws.prepare(request)
     sim.open_websockets.add(ws)
-    sim.stream_sessions[client_id] = Session(ws=ws, transport=request.transport)
+    sessions[client_id] = Session(ws=ws, transport=request.transport)
     try:
         async for msg in ws:
             if msg.type == WSMsgType.ERROR:
@@ -121,28 +136,47 @@ async def stream_socket(request: web.Request) -> web.StreamResponse:
             try:
                 if msg.type != WSMsgType.TEXT:
                     raise KeyError("text")  # Starlette's receive_text() on a binary frame
-                message = json.loads(msg.data)
-                kind = message["type"]
-                data = message["data"] if kind == "audio_chunk" else None
+                kind, data = parse(json.loads(msg.data))
             except Exception as exc:  # noqa: BLE001 - whatever upstream's loop would have died of
-                await send(sim, "stream", sim.stream_sessions.get(client_id),
-                           {"type": "error", "message": f"Connection error: {exc}"})
-                sim.stream_sessions.pop(client_id, None)
+                if broken is not None:
+                    await broken(sim, client_id, exc)
+                sessions.pop(client_id, None)
                 await _zombie(ws)
                 break
-            if kind == "start_recording":
-                await _start_recording(sim, client_id)
-            elif kind == "stop_recording":
-                await _stop_recording(sim, client_id)
-            elif kind == "audio_chunk":
-                await _audio_chunk(sim, client_id, data)
-            else:
-                await send(sim, "stream", sim.stream_sessions.get(client_id),
-                           {"type": "error", "message": f"Unknown message type: {kind}"})
+            await dispatch(sim, client_id, kind, data)
     finally:
-        sim.stream_sessions.pop(client_id, None)
+        sessions.pop(client_id, None)
         sim.open_websockets.discard(ws)
     return ws
+
+
+# ---------------------------------------------------------------- streaming recognition
+
+async def stream_socket(request: web.Request) -> web.StreamResponse:
+    return await _serve_socket(request, "stream", sim_of(request).stream_sessions, _stream_parse,
+                               _stream_dispatch, broken=_stream_broken)
+
+
+def _stream_parse(message: Any) -> tuple[Any, Any]:
+    kind = message["type"]
+    return kind, message["data"] if kind == "audio_chunk" else None
+
+
+async def _stream_broken(sim: SimState, client_id: str, exc: Exception) -> None:
+    await send(sim, "stream", sim.stream_sessions.get(client_id),
+               {"type": "error", "message": f"Connection error: {exc}"})
+
+
+async def _stream_dispatch(sim: SimState, client_id: str, kind: Any, data: Any) -> None:
+    if kind == "start_recording":
+        await _start_recording(sim, client_id)
+    elif kind == "stop_recording":
+        await _stop_recording(sim, client_id)
+    elif kind == "audio_chunk":
+        await _audio_chunk(sim, client_id, data)
+    else:
+        await send(sim, "stream", sim.stream_sessions.get(client_id),
+                   {"type": "error", "message": f"Unknown message type: {kind}"})
 
 
 async def _start_recording(sim: SimState, client_id: str) -> None:
@@ -168,17 +202,30 @@ async def _audio_chunk(sim: SimState, client_id: str, data: Any) -> None:
     if len(session.buffer) < STREAM_STRIDE:
         return
     stride, session.buffer = session.buffer[:STREAM_STRIDE], session.buffer[STREAM_STRIDE:]
+    await _stream_model(sim, session, stride)
+
+
+async def _stream_model(sim: SimState, session: Session, stride: np.ndarray | None) -> None:
+    """One call of the streaming model, answering its result or error: on `stride` (already taken off
+    the buffer, so lost if the call fails) or, with None, the final call on whatever the buffer holds
+    once the model runs (kept in the buffer if the call fails)."""
+    final = stride is None
     if not sim.models["streaming_asr"].loaded:
         await send(sim, "stream", session, {"type": "error", "message": STREAM_NOT_LOADED})
         return
     await _model_latency(sim, "stream")
     if sim.fault("stream").get("model_exception"):
-        await send(sim, "stream", session, {"type": "error", "message": f"Processing error: {MODEL_EXCEPTION}"})
+        error = "Final processing error" if final else "Processing error"
+        await send(sim, "stream", session, {"type": "error", "message": f"{error}: {MODEL_EXCEPTION}"})
         return
-    session.processed += len(stride)
-    piece = _recognize(sim, session, stride, final=False)
+    if stride is None:
+        samples, session.buffer = session.buffer, np.zeros(0, dtype=np.float32)
+    else:
+        samples = stride
+    session.processed += len(samples)
+    piece = _recognize(sim, session, samples, final=final)
     if piece:
-        await send(sim, "stream", session, {"type": "recognition_result", "text": piece, "is_final": False}, True)
+        await send(sim, "stream", session, {"type": "recognition_result", "text": piece, "is_final": final}, True)
 
 
 def _recognize(sim: SimState, session: Session, samples: np.ndarray, final: bool) -> str:
@@ -204,74 +251,39 @@ async def _stop_recording(sim: SimState, client_id: str) -> None:
     if session is not None:
         session.recording = False
         if len(session.buffer) > 0:
-            await _final(sim, session)
+            await _stream_model(sim, session, None)  # the final call on the rest of the buffer
     await send(sim, "stream", sim.stream_sessions.get(client_id), {"type": "status", "message": "Recording stopped"})
-
-
-async def _final(sim: SimState, session: Session) -> None:
-    if not sim.models["streaming_asr"].loaded:
-        await send(sim, "stream", session, {"type": "error", "message": STREAM_NOT_LOADED})
-        return
-    await _model_latency(sim, "stream")
-    if sim.fault("stream").get("model_exception"):
-        await send(sim, "stream", session, {"type": "error", "message": f"Final processing error: {MODEL_EXCEPTION}"})
-        return
-    remainder, session.buffer = session.buffer, np.zeros(0, dtype=np.float32)
-    session.processed += len(remainder)
-    piece = _recognize(sim, session, remainder, final=True)
-    if piece:
-        await send(sim, "stream", session, {"type": "recognition_result", "text": piece, "is_final": True}, True)
 
 
 # ---------------------------------------------------------------- streaming VAD
 
 async def vad_socket(request: web.Request) -> web.StreamResponse:
-    sim = sim_of(request)
-    sim.count("stream_vad")
-    if not is_upgrade(request):
-        return await fallback(request)
-    if (refused := await _handshake(request, "stream_vad")) is not None:
-        return refused
-    if not sim.models["vad"].loaded:
-        return web.Response(status=403)  # upstream closes before accepting: uvicorn answers 403
-    client_id = request.match_info["client_id"]
-    ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE)
-    await ws.prepare(request)
-    sim.open_websockets.add(ws)
-    sim.vad_sessions[client_id] = Session(ws=ws, transport=request.transport)
-    try:
-        async for msg in ws:
-            if msg.type == WSMsgType.ERROR:
-                break
-            try:
-                if msg.type != WSMsgType.TEXT:
-                    raise KeyError("text")
-                message = json.loads(msg.data)
-                kind = message.get("type")
-            except Exception:  # noqa: BLE001 - upstream's VAD loop dies silently: no error message
-                sim.vad_sessions.pop(client_id, None)
-                await _zombie(ws)
-                break
-            session = sim.vad_sessions.get(client_id)
-            if kind == "start_vad":
-                if session is not None:
-                    session.buffer, session.vad = np.zeros(0, dtype=np.float32), EnergyVad()
-                sim.use_model("vad")
-                if not sim.fault("stream_vad").get("never_start"):
-                    await send(sim, "stream_vad", session, {"type": "status", "message": "VAD started"})
-            elif kind == "stop_vad":
-                if session is not None and len(session.buffer) > 0:
-                    remainder, session.buffer = session.buffer, np.zeros(0, dtype=np.float32)
-                    await _vad_piece(sim, session, remainder, final=True)
-                await send(sim, "stream_vad", session, {"type": "status", "message": "VAD stopped"})
-            elif kind == "audio_chunk":
-                await _vad_audio(sim, session, message.get("data", ""))
-            elif kind == "ping":
-                await send(sim, "stream_vad", session, {"type": "pong"})
-    finally:
-        sim.vad_sessions.pop(client_id, None)
-        sim.open_websockets.discard(ws)
-    return ws
+    # upstream's VAD loop dies silently on a bad frame: no error message (no `broken`)
+    return await _serve_socket(request, "stream_vad", sim_of(request).vad_sessions, _vad_parse, _vad_dispatch,
+                               needs_model="vad")
+
+
+def _vad_parse(message: Any) -> tuple[Any, Any]:
+    return message.get("type"), message.get("data", "")
+
+
+async def _vad_dispatch(sim: SimState, client_id: str, kind: Any, data: Any) -> None:
+    session = sim.vad_sessions.get(client_id)
+    if kind == "start_vad":
+        if session is not None:
+            session.buffer, session.vad = np.zeros(0, dtype=np.float32), EnergyVad()
+        sim.use_model("vad")
+        if not sim.fault("stream_vad").get("never_start"):
+            await send(sim, "stream_vad", session, {"type": "status", "message": "VAD started"})
+    elif kind == "stop_vad":
+        if session is not None and len(session.buffer) > 0:
+            remainder, session.buffer = session.buffer, np.zeros(0, dtype=np.float32)
+            await _vad_piece(sim, session, remainder, final=True)
+        await send(sim, "stream_vad", session, {"type": "status", "message": "VAD stopped"})
+    elif kind == "audio_chunk":
+        await _vad_audio(sim, session, data)
+    elif kind == "ping":
+        await send(sim, "stream_vad", session, {"type": "pong"})
 
 
 async def _vad_audio(sim: SimState, session: Session | None, data: Any) -> None:
