@@ -13,12 +13,10 @@ from exporter import __version__
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from exporter.config import ConfigError, load_config
+    from exporter.config import load_config_or_report
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    config = load_config_or_report(args.config)
+    if config is None:
         return 2
     print(f"{args.config}: OK ({len(config.targets)} targets)")
     return 0

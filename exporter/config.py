@@ -7,6 +7,7 @@ config without reading code. Unknown keys are errors: a typo must not silently f
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 from urllib.parse import urlsplit
@@ -389,3 +390,13 @@ def load_config(path: str | Path) -> Config:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise ConfigError(f"{source}: {where}not valid YAML: {getattr(exc, 'problem', exc)}") from None
     return parse_config(data, source)
+
+
+def load_config_or_report(path: str | Path) -> Optional[Config]:
+    """load_config for a command: the config, or None once the ConfigError is printed to stderr (the
+    command then exits 2)."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return None

@@ -7,13 +7,13 @@ deterministic (no timestamps, stable key order) so that a test can compare it by
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from exporter.config import Config, ConfigError, load_config
+from exporter.config import Config, load_config_or_report
 
 from .dashboards import render_dashboards
 from .kubernetes import write_kubernetes
+from .output import write_files
 from .rules import render_rules
 
 RULES_FILE = Path("alerts") / "whoasr-rules.yml"
@@ -31,12 +31,7 @@ def render(config: Config) -> dict[Path, str]:
 def write_all(config: Config, out_dir: Path) -> list[Path]:
     """Writes out_dir/alerts/whoasr-rules.yml, out_dir/dashboards/*.json and the Kubernetes copies of
     both (deploy/kubernetes/); returns the paths written."""
-    written = []
-    for relative, text in render(config).items():
-        path = Path(out_dir) / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8", newline="\n")
-        written.append(path)
+    written = write_files(render(config), out_dir)
     written += write_kubernetes(config, out_dir)  # deploy/kubernetes/: same rules and dashboards
     return written
 
@@ -49,10 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    config = load_config_or_report(args.config)
+    if config is None:
         return 2
     for path in write_all(config, Path(args.out)):
         print(path)

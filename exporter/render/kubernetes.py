@@ -17,6 +17,7 @@ import yaml
 from exporter.config import Config
 
 from .dashboards import render_dashboards
+from .output import write_files
 from .rules import rule_groups
 
 K8S_DIR = Path("deploy") / "kubernetes"
@@ -96,10 +97,4 @@ def render_kubernetes(config: Config) -> dict[Path, str]:
 
 def write_kubernetes(config: Config, out_dir: Path) -> list[Path]:
     """Writes out_dir/deploy/kubernetes/{prometheusrule,dashboards-configmap}.yaml; returns the paths."""
-    written = []
-    for relative, text in render_kubernetes(config).items():
-        path = Path(out_dir) / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8", newline="\n")
-        written.append(path)
-    return written
+    return write_files(render_kubernetes(config), out_dir)
