@@ -17,7 +17,7 @@ import structlog
 
 from exporter import logs, websecurity
 from exporter.client import TargetClient, new_session
-from exporter.config import SCRAPE_KINDS, Config, ConfigError, TargetConfig, load_config
+from exporter.config import SCRAPE_KINDS, Config, ConfigError, TargetConfig, load_config, load_config_or_report
 from exporter.gate import TargetGate
 from exporter.history import History
 from exporter.metrics import Exposition, process_registry
@@ -206,10 +206,8 @@ async def serve(config: Config, config_path: Optional[str], host: str, port: int
 
 
 def main(config_path: str, listen: Optional[str] = None, log_format: Optional[str] = None) -> int:
-    try:
-        config = load_config(config_path)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    config = load_config_or_report(config_path)
+    if config is None:
         print("refusing to start with an invalid config", file=sys.stderr)
         return 2
     logs.setup(log_format or config.exporter.log_format, config.exporter.log_level)
