@@ -1,7 +1,9 @@
-"""Process and port helpers shared by the tests: loopback only, stopped by pid, bounded waits."""
+"""Process and port helpers shared by the tests: loopback only, stopped by pid, bounded waits; and
+calls to a simulator's /-/sim/ control API."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -11,9 +13,11 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
+SIM_MODELS = ("streaming_asr", "offline_asr", "punctuation", "vad", "timestamp")
 
 
 def free_port() -> int:
@@ -108,6 +112,16 @@ def exporter_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "exporter", *args]
 
 
+def serve_exporter(config: Path, log: Path) -> ManagedProcess:
+    """`whoasr-exporter serve --config <config>` as a child process, its output in `log`; not waited for."""
+    return ManagedProcess(exporter_cmd("serve", "--config", str(config)), log)
+
+
+def wait_ready(base: str, timeout: float = 20.0) -> None:
+    """Waits until the exporter at `base` (http://host:port) answers /-/ready with 200."""
+    wait_until(lambda: http_get(base + "/-/ready", timeout=1)[0] == 200, timeout=timeout, what="exporter ready")
+
+
 def start_simulator(tmp_path: Path, api: str = "v2", *extra: str, health_delay: float = 0.05, name: str | None = None,
                     port: int | None = None):
     """Starts `whoasr-exporter simulate` on `port` or a free one; returns (process, base_url)."""
@@ -126,3 +140,46 @@ def start_simulator(tmp_path: Path, api: str = "v2", *extra: str, health_delay: 
         proc.stop()
         raise AssertionError(f"simulator did not start:\n{proc.output()}")
     return proc, url
+
+
+# ---------------------------------------------------------------- the simulator's control API (/-/sim/)
+
+def sim_admin(url: str, method: str, path: str, body: object = None, timeout: float = 10.0) -> Any:
+    """One call to the control API of the simulator at `url`; `path` is below /-/sim/ ("faults/vad").
+    Returns the JSON answer; any status but 200 fails (urllib raises on 4xx/5xx)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"{url}/-/sim/{path}", data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        assert response.status == 200, f"{method} /-/sim/{path}: {response.status}"
+        return json.loads(response.read())
+
+
+def sim_put(url: str, path: str, body: object) -> Any:
+    return sim_admin(url, "PUT", path, body)
+
+
+def sim_delete(url: str, path: str) -> Any:
+    return sim_admin(url, "DELETE", path)
+
+
+def sim_fault(url: str, endpoint: str, **faults) -> None:
+    """Sets the endpoint's injected faults (replacing any it had)."""
+    sim_put(url, f"faults/{endpoint}", faults)
+
+
+def sim_model(url: str, model: str, **state) -> None:
+    """Sets a model's loaded and/or fail_load at once."""
+    sim_put(url, f"models/{model}", state)
+
+
+def sim_stats(url: str) -> dict:
+    """Requests per endpoint, open WebSockets, model requests."""
+    return sim_admin(url, "GET", "stats")
+
+
+def sim_reset(url: str, models: tuple[str, ...] = SIM_MODELS) -> None:
+    """No faults, and each of `models` loaded and loading successfully."""
+    sim_delete(url, "faults")
+    for model in models:
+        sim_model(url, model, loaded=True, fail_load=False)

@@ -10,26 +10,10 @@ import time
 import pytest
 
 from tests.metrics_text import label_sets, value
-from tests.support import (LOOPBACK, ManagedProcess, exporter_cmd, free_port, http_get, start_simulator,
-                           wait_until)
+from tests.support import (LOOPBACK, free_port, http_get, serve_exporter, sim_delete, sim_fault, sim_model,
+                           sim_put, start_simulator, wait_ready, wait_until)
 
 GIB = 1024**3
-
-
-def sim_put(url: str, path: str, body: dict) -> None:
-    import urllib.request
-
-    request = urllib.request.Request(url + path, data=json.dumps(body).encode(), method="PUT",
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=5) as response:
-        assert response.status == 200
-
-
-def sim_delete(url: str, path: str) -> None:
-    import urllib.request
-
-    with urllib.request.urlopen(urllib.request.Request(url + path, method="DELETE"), timeout=5) as response:
-        assert response.status == 200
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +43,10 @@ schedules:
   health: {{interval: 1s, timeout: 500ms}}
   model_info: {{interval: 1s, timeout: 500ms}}
 """)
-        exporter = ManagedProcess(exporter_cmd("serve", "--config", str(config)), tmp / "exporter.log")
+        exporter = serve_exporter(config, tmp / "exporter.log")
         procs.append(exporter)
         base = f"http://{LOOPBACK}:{port}"
-        wait_until(lambda: http_get(base + "/-/ready", timeout=1)[0] == 200, timeout=20, what="exporter ready")
+        wait_ready(base)
         urls = {"v1": v1_url, "v2": v2_url, "doc": doc_url, "faulty": faulty_url}
 
         def metrics() -> str:
@@ -119,16 +103,16 @@ def test_documented_schema_values(stack):
 
 def test_runtime_changes_follow_the_simulator(stack):
     url = stack.urls["v2"]
-    sim_put(url, "/-/sim/models/vad", {"loaded": True})
-    sim_put(url, "/-/sim/system", {"cpu_percent": 87.5, "memory_percent": "unknown"})
+    sim_model(url, "vad", loaded=True)
+    sim_put(url, "system", {"cpu_percent": 87.5, "memory_percent": "unknown"})
     try:
         stack.wait_metric("whoasr_model_loaded", 1.0, target="asr-v2", model="vad")
         stack.wait_metric("whoasr_system_cpu_usage_ratio", 0.875, target="asr-v2")
         stack.wait_metric("whoasr_system_memory_usage_ratio", None, target="asr-v2")  # "unknown": no series
         assert value(stack.metrics(), "whoasr_up", target="asr-v2") == 1.0
     finally:
-        sim_put(url, "/-/sim/models/vad", {"loaded": False})
-        sim_put(url, "/-/sim/system", {"cpu_percent": 12.5, "memory_percent": 37.5})
+        sim_model(url, "vad", loaded=False)
+        sim_put(url, "system", {"cpu_percent": 12.5, "memory_percent": 37.5})
 
 
 def test_refused_connection(stack):
@@ -155,7 +139,7 @@ def test_failing_target_is_down_with_reason_and_metrics_stay_prompt(stack, fault
                      reason=reason) or 0.0
 
     before = errors()
-    sim_put(url, "/-/sim/faults/health", fault)
+    sim_fault(url, "health", **fault)
     try:
         wait_until(lambda: errors() > before, timeout=10, what=f"a {reason} scrape error")
         stack.wait_metric("whoasr_up", 0.0, target="asr-faulty")
@@ -169,20 +153,20 @@ def test_failing_target_is_down_with_reason_and_metrics_stay_prompt(stack, fault
             assert status == 200
         assert worst < 0.5, f"/metrics took {worst:.3f}s while the target was failing"
     finally:
-        sim_delete(url, "/-/sim/faults")
+        sim_delete(url, "faults")
     stack.wait_metric("whoasr_up", 1.0, target="asr-faulty")
     assert stack.exporter.alive()
 
 
 def test_model_info_failure_is_counted_separately(stack):
     url = stack.urls["faulty"]
-    sim_put(url, "/-/sim/faults/model_info", {"status": 503})
+    sim_fault(url, "model_info", status=503)
     try:
         wait_until(lambda: (value(stack.metrics(), "whoasr_scrape_errors_total", target="asr-faulty",
                                   endpoint="model_info", reason="http_5xx") or 0) > 0, timeout=10,
                    what="model_info error")
     finally:
-        sim_delete(url, "/-/sim/faults")
+        sim_delete(url, "faults")
 
 
 def test_openmetrics_and_text_formats(stack):

@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-import urllib.request
 
 import pytest
 
 from exporter.clips import builtin_clip
-from tests.support import ROOT, exporter_cmd, free_port, start_simulator
+from tests.support import ROOT, exporter_cmd, free_port, sim_delete, sim_fault, start_simulator
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -36,14 +35,8 @@ def sims(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def no_faults(sims):
     for url in sims.values():
-        urllib.request.urlopen(urllib.request.Request(url + "/-/sim/faults", method="DELETE"), timeout=5).close()
+        sim_delete(url, "faults")
     yield
-
-
-def fault(url: str, endpoint: str, **faults) -> None:
-    request = urllib.request.Request(f"{url}/-/sim/faults/{endpoint}", data=json.dumps(faults).encode(), method="PUT",
-                                     headers={"Content-Type": "application/json"})
-    urllib.request.urlopen(request, timeout=5).close()
 
 
 def probe(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -85,7 +78,7 @@ def test_not_applicable_counts_as_passed(sims):
 
 
 def test_a_failure_exits_1_and_says_why(sims):
-    fault(sims["v2"], "recognize", status=500)
+    sim_fault(sims["v2"], "recognize", status=500)
     run = probe("--target", sims["v2"], "--module", "batch")
     assert run.returncode == 1
     cells = rows(run.stdout)["batch"]
@@ -95,7 +88,7 @@ def test_a_failure_exits_1_and_says_why(sims):
 
 
 def test_json_document_with_verbose_trace_on_stderr(sims):
-    fault(sims["v2"], "punctuation", garbage=True)
+    sim_fault(sims["v2"], "punctuation", garbage=True)
     run = probe("--target", sims["v2"], "--module", "all", "--json", "--verbose")
     assert run.returncode == 1
     document = json.loads(run.stdout)  # stdout is the document and nothing else
@@ -119,7 +112,7 @@ def test_json_success_true_on_a_healthy_target(sims):
 
 
 def test_timeout_bounds_each_probe(sims):
-    fault(sims["v2"], "recognize", hang=True)
+    sim_fault(sims["v2"], "recognize", hang=True)
     started = time.monotonic()
     run = probe("--target", sims["v2"], "--module", "batch", "--timeout", "1", "--json")
     assert run.returncode == 1

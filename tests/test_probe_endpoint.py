@@ -8,31 +8,16 @@ import json
 import threading
 import time
 import urllib.parse
-import urllib.request
 
 import pytest
 
 from tests.metrics_text import samples, value
-from tests.support import LOOPBACK, ManagedProcess, exporter_cmd, free_port, http_get, start_simulator, wait_until
+from tests.support import (LOOPBACK, free_port, http_get, serve_exporter, sim_fault, sim_put, sim_reset, sim_stats,
+                           start_simulator, wait_ready, wait_until)
 
 pytestmark = pytest.mark.timeout(60)
 
 MODULES = ("batch", "stream", "punctuation", "vad", "timestamp", "stream_vad", "health", "model_info")
-MODELS = ("streaming_asr", "offline_asr", "punctuation", "vad", "timestamp")
-
-
-def sim(url: str, method: str, path: str, body: object = None) -> dict:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url + "/-/sim/" + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
-
-
-def reset(url: str) -> None:
-    sim(url, "DELETE", "faults")
-    for model in MODELS:
-        sim(url, "PUT", f"models/{model}", {"loaded": True, "fail_load": False})
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +45,10 @@ schedules:
   health: {{interval: 1h, timeout: 5s}}
   model_info: {{interval: 1h, timeout: 5s}}
 """)
-        exporter = ManagedProcess(exporter_cmd("serve", "--config", str(config)), tmp / "exporter.log")
+        exporter = serve_exporter(config, tmp / "exporter.log")
         procs.append(exporter)
         base = f"http://{LOOPBACK}:{port}"
-        wait_until(lambda: http_get(base + "/-/ready", timeout=1)[0] == 200, timeout=20, what="exporter ready")
+        wait_ready(base)
         yield type("Stack", (), {"base": base, "urls": {"v1": v1_url, "v2": v2_url}, "exporter": exporter})
     finally:
         for proc in reversed(procs):
@@ -73,7 +58,7 @@ schedules:
 @pytest.fixture(autouse=True)
 def clean(stack):
     for url in stack.urls.values():
-        reset(url)
+        sim_reset(url)
     yield
 
 
@@ -131,7 +116,7 @@ FAULTS = [
 @pytest.mark.parametrize("module,breakage,reason", FAULTS, ids=[f"{m}-{r}" for m, _, r in FAULTS])
 def test_faults_fail_with_their_reason(stack, module, breakage, reason):
     path, body = breakage
-    sim(stack.urls["v2"], "PUT", path, body)
+    sim_put(stack.urls["v2"], path, body)
     status, text, _ = probe(stack, "asr-v2", module)
     assert status == 200, text
     assert value(text, "whoasr_probe_success") == 0.0, text
@@ -139,7 +124,7 @@ def test_faults_fail_with_their_reason(stack, module, breakage, reason):
 
 
 def test_scrape_timeout_header_bounds_a_hanging_target(stack):
-    sim(stack.urls["v2"], "PUT", "faults/recognize", {"hang": True})
+    sim_fault(stack.urls["v2"], "recognize", hang=True)
     status, text, elapsed = probe(stack, "asr-v2", "batch", headers={"X-Prometheus-Scrape-Timeout-Seconds": "2"})
     assert status == 200
     assert 1.3 <= elapsed < 2.0, elapsed  # the 0.5 s offset leaves time to answer
@@ -151,7 +136,7 @@ def test_scrape_timeout_header_bounds_a_hanging_target(stack):
 def test_without_the_header_the_schedule_timeout_bounds_the_run(stack):
     """punctuation's schedule timeout is 10 s by default; a 1 s header must win over it, and the
     schedule timeout over a larger header."""
-    sim(stack.urls["v2"], "PUT", "faults/health", {"hang": True})
+    sim_fault(stack.urls["v2"], "health", hang=True)
     status, text, elapsed = probe(stack, "asr-v2", "health", debug=True,
                                   headers={"X-Prometheus-Scrape-Timeout-Seconds": "60"})
     assert status == 200
@@ -161,7 +146,7 @@ def test_without_the_header_the_schedule_timeout_bounds_the_run(stack):
 
 
 def test_debug_output_names_the_failing_step_and_shows_the_run(stack):
-    sim(stack.urls["v2"], "PUT", "faults/recognize", {"status": 500})
+    sim_fault(stack.urls["v2"], "recognize", status=500)
     status, text, _ = probe(stack, "asr-v2", "batch", debug=True)
     assert status == 200
     assert "text/plain" in http_get(f"{stack.base}/probe?target=asr-v2&module=model_info&debug=true")[2][
@@ -221,7 +206,7 @@ def test_listed_url_is_probed_and_never_becomes_a_label(stack):
 
 
 def test_excess_concurrent_probe_gets_503_at_once(stack):
-    sim(stack.urls["v2"], "PUT", "faults/recognize", {"latency": 2.0})
+    sim_fault(stack.urls["v2"], "recognize", latency=2.0)
     slow: dict = {}
 
     def hold():
@@ -230,7 +215,7 @@ def test_excess_concurrent_probe_gets_503_at_once(stack):
     holder = threading.Thread(target=hold)
     holder.start()
     try:
-        wait_until(lambda: sim(stack.urls["v2"], "GET", "stats")["requests"].get("recognize", 0) >= 1, timeout=5,
+        wait_until(lambda: sim_stats(stack.urls["v2"])["requests"].get("recognize", 0) >= 1, timeout=5,
                    what="the slow probe to reach the simulator")
         status, text, elapsed = probe(stack, "asr-v2", "health")
         assert status == 503, text

@@ -12,7 +12,6 @@ import base64
 import dataclasses
 import json
 import time
-import urllib.request
 
 import numpy as np
 import pytest
@@ -23,7 +22,7 @@ from exporter.config import StreamProbe, StreamVadProbe, TargetConfig
 from exporter.probes import ProbeContext, run_probe, stream, websocket
 from exporter.probes.websocket import CLOSE_SECONDS
 from exporter.results import ProbeResult, StreamTimings
-from support import LOOPBACK, free_port, start_simulator, wait_until
+from support import LOOPBACK, free_port, sim_fault, sim_model, sim_reset, sim_stats, start_simulator, wait_until
 
 STRIDE = 9600  # samples the server's model consumes per call (600 ms)
 CLIP = builtin_clip()
@@ -43,21 +42,11 @@ def clean_sim(request):
     if "sim" not in request.fixturenames:
         return
     url = request.getfixturevalue("sim")
-    admin(url, "DELETE", "/-/sim/faults")
-    for model in ("streaming_asr", "vad"):
-        admin(url, "PUT", f"/-/sim/models/{model}", {"loaded": True})
-
-
-def admin(url: str, method: str, path: str, body=None):
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=5) as response:
-        return json.loads(response.read() or b"null")
+    sim_reset(url, models=("streaming_asr", "vad"))
 
 
 def open_websockets(url: str) -> int:
-    return admin(url, "GET", "/-/sim/stats")["open_websockets"]
+    return sim_stats(url)["open_websockets"]
 
 
 async def probe(url: str, kind: str = "stream", *, timeout: float = 10.0, clip=CLIP, **settings) -> ProbeResult:
@@ -126,7 +115,7 @@ async def test_latencies_match_the_injected_stride_latency(sim):
     ..., 47, each done L (< 0.6 s) later, so the server is idle when stop_recording follows frame 51:
     it then runs the 83,063 - 8 * 9,600 = 6,263 buffered samples (another L) and sends the stop status."""
     latency = 0.25
-    admin(sim, "PUT", "/-/sim/faults/stream", {"latency": latency})
+    sim_fault(sim, "stream", latency=latency)
     frame_s, frame_samples = 0.1, 1600
     frames = -(-len(CLIP.samples) // frame_samples)
     assert len(CLIP.samples) % STRIDE and (len(CLIP.samples) // STRIDE) * STRIDE // frame_samples - 1 < frames - 1
@@ -158,7 +147,7 @@ async def test_exact_multiple_of_the_stride_gets_no_final_result(sim):
 
 @pytest.mark.parametrize("swapped", [1, 4, 11])
 async def test_cer_is_exact_for_a_mutated_transcript(sim, swapped):
-    admin(sim, "PUT", "/-/sim/faults/stream", {"substitute_chars": swapped})
+    sim_fault(sim, "stream", substitute_chars=swapped)
     result = await probe(sim, max_cer=1.0)
     assert result.success
     assert result.cer == swapped / REFERENCE_CHARS
@@ -166,7 +155,7 @@ async def test_cer_is_exact_for_a_mutated_transcript(sim, swapped):
 
 
 async def test_cer_above_its_bound_is_accuracy(sim):
-    admin(sim, "PUT", "/-/sim/faults/stream", {"substitute_chars": 3})
+    sim_fault(sim, "stream", substitute_chars=3)
     result = await probe(sim, max_cer=0.2)
     expect(result, "accuracy", "accuracy")
     assert result.cer == 3 / REFERENCE_CHARS
@@ -175,7 +164,7 @@ async def test_cer_above_its_bound_is_accuracy(sim):
 # ---------------------------------------------------------------- failures
 
 async def test_model_not_loaded(sim):
-    admin(sim, "PUT", "/-/sim/models/streaming_asr", {"loaded": False})
+    sim_model(sim, "streaming_asr", loaded=False)
     result = await probe(sim)
     expect(result, "model_not_loaded", MID_STREAM)
     assert "not loaded" in result.detail
@@ -183,7 +172,7 @@ async def test_model_not_loaded(sim):
 
 
 async def test_model_exception_mid_stream(sim):
-    admin(sim, "PUT", "/-/sim/faults/stream", {"model_exception": True})
+    sim_fault(sim, "stream", model_exception=True)
     result = await probe(sim)
     expect(result, "server_error", MID_STREAM)
     assert result.detail.startswith("Processing error:")
@@ -193,7 +182,7 @@ async def test_model_exception_mid_stream(sim):
 async def test_socket_dropped_mid_stream(sim):
     """Paced in real time, so that the server has read all it was sent when it drops the connection (a
     close with unread data becomes a reset, which may destroy results still in flight)."""
-    admin(sim, "PUT", "/-/sim/faults/stream", {"drop_after": 2})
+    sim_fault(sim, "stream", drop_after=2)
     result = await probe(sim, pace="realtime")
     expect(result, "closed_early", "audio")
     assert result.stream.partial_results == 2
@@ -213,7 +202,7 @@ async def test_zombie_socket_after_a_bad_frame(sim, monkeypatch):
 
 
 async def test_silent_socket_never_starting(sim):
-    admin(sim, "PUT", "/-/sim/faults/stream", {"never_start": True})
+    sim_fault(sim, "stream", never_start=True)
     result = await probe(sim, timeout=1.5)
     expect(result, "timeout", "start")
     assert result.stream.frames_sent == 0
@@ -223,7 +212,7 @@ async def test_silent_socket_never_starting(sim):
 async def test_silent_socket_after_the_audio(sim):
     """The server takes the audio but answers nothing before the deadline: a timeout at first_result.
     (One stride only, so that the simulator is out of its 2.5 s sleep soon after the probe gave up.)"""
-    admin(sim, "PUT", "/-/sim/faults/stream", {"latency": 2.5})
+    sim_fault(sim, "stream", latency=2.5)
     result = await probe(sim, timeout=1.5, clip=cut(STRIDE))
     expect(result, "timeout", "first_result")
     assert result.stream.frames_sent == 6 and result.stream.first_result_seconds is None
@@ -231,20 +220,20 @@ async def test_silent_socket_after_the_audio(sim):
 
 
 async def test_handshake_rejected(sim):
-    admin(sim, "PUT", "/-/sim/faults/stream", {"status": 403})
+    sim_fault(sim, "stream", status=403)
     result = await probe(sim)
     expect(result, "handshake_rejected", "connect")
     assert result.http_status == 403 and result.stream.connect_seconds is None
 
 
 async def test_handshake_never_answered(sim):
-    admin(sim, "PUT", "/-/sim/faults/stream", {"hang": True})
+    sim_fault(sim, "stream", hang=True)
     result = await probe(sim, timeout=1.0)
     expect(result, "timeout", "connect")
 
 
 async def test_garbage_frames_from_the_server(sim):
-    admin(sim, "PUT", "/-/sim/faults/stream", {"garbage": True})
+    sim_fault(sim, "stream", garbage=True)
     result = await probe(sim)
     expect(result, "bad_response", "start")
     assert result.detail.startswith("not JSON")
@@ -252,7 +241,7 @@ async def test_garbage_frames_from_the_server(sim):
 
 
 async def test_wrong_shape_from_the_server(sim):
-    admin(sim, "PUT", "/-/sim/faults/stream", {"wrong_shape": "list"})
+    sim_fault(sim, "stream", wrong_shape="list")
     result = await probe(sim)
     expect(result, "bad_response", "start")
 
@@ -303,7 +292,7 @@ async def test_stream_vad_reports_segments(sim):
 
 
 async def test_stream_vad_forbidden_means_model_not_loaded(sim):
-    admin(sim, "PUT", "/-/sim/models/vad", {"loaded": False})
+    sim_model(sim, "vad", loaded=False)
     result = await probe(sim, "stream_vad", clip=SPEECH)
     expect(result, "model_not_loaded", "connect")
     assert result.http_status == 403 and "VAD model is not loaded" in result.detail

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import urllib.request
 import wave
 
 import pytest
@@ -23,12 +22,11 @@ from exporter.probes.common import audio_form
 from exporter.probes.timestamp import V1_DETAIL
 from exporter.probes.vad import _segments
 from exporter.results import Failure
-from tests.support import free_port, start_simulator
+from tests.support import free_port, sim_delete, sim_fault, sim_model, sim_put, sim_reset, sim_stats, start_simulator
 
 pytestmark = pytest.mark.timeout(20)
 
 SETTINGS = {"batch": BatchProbe, "punctuation": PunctuationProbe, "vad": VadProbe, "timestamp": TimestampProbe}
-MODELS = ("streaming_asr", "offline_asr", "punctuation", "vad", "timestamp")
 KINDS_V1 = ("batch", "punctuation", "vad")  # timestamp does not apply to v1
 CLIP = builtin_clip()
 SLACK = 0.15  # how far above an injected latency a run may end
@@ -39,34 +37,23 @@ def kinds_of(api: str) -> tuple[str, ...]:
     return KINDS_V1 if api == "v1" else (*KINDS_V1, "timestamp")
 
 
-def admin(url: str, method: str, path: str, body: object = None) -> dict:
-    """One call to the simulator's /-/sim/ control API."""
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url + "/-/sim/" + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
-
-
-def fault(url: str, endpoint: str, **faults) -> None:
-    admin(url, "PUT", f"faults/{endpoint}", faults)
-
-
-def set_model(url: str, model: str, **state) -> None:
-    admin(url, "PUT", f"models/{model}", state)
+def url_for(sim, kind: str) -> str:
+    """The URL of the `sim` fixture's simulator; skips the test where `kind` does not apply (timestamp on v1)."""
+    api, url = sim
+    if kind not in kinds_of(api):
+        pytest.skip("timestamp does not apply to v1")
+    return url
 
 
 def requests_seen(url: str, endpoint: str) -> int:
-    return admin(url, "GET", "stats")["requests"][endpoint]
+    return sim_stats(url)["requests"][endpoint]
 
 
 def reset(url: str) -> str:
     """No faults, every model loaded (loads quick and successful), zero counters."""
-    admin(url, "DELETE", "faults")
-    for model in MODELS:
-        set_model(url, model, loaded=True, fail_load=False)
-    admin(url, "PUT", "load_delay", {"seconds": 0.05})
-    admin(url, "DELETE", "stats")
+    sim_reset(url)
+    sim_put(url, "load_delay", {"seconds": 0.05})
+    sim_delete(url, "stats")
     return url
 
 
@@ -135,7 +122,7 @@ async def test_batch_exact_transcript_has_zero_cer(sim):
 @pytest.mark.parametrize("substituted, passes", [(1, True), (2, True), (3, False)])
 async def test_batch_cer_counts_substituted_characters(sim, substituted, passes):
     _, url = sim
-    fault(url, "recognize", substitute_chars=substituted)
+    sim_fault(url, "recognize", substitute_chars=substituted)
     result = await probe(url, "batch", max_cer=0.2)
     assert len(CLIP.transcript) == 11
     assert result.cer == substituted / 11
@@ -149,10 +136,8 @@ async def test_batch_cer_counts_substituted_characters(sim, substituted, passes)
 
 @pytest.mark.parametrize("kind", ["batch", "punctuation", "vad", "timestamp"])
 async def test_injected_latency_is_measured(sim, kind):
-    api, url = sim
-    if kind not in kinds_of(api):
-        pytest.skip("timestamp does not apply to v1")
-    fault(url, ENDPOINT[kind], latency=0.3)
+    url = url_for(sim, kind)
+    sim_fault(url, ENDPOINT[kind], latency=0.3)
     result = await probe(url, kind)
     assert result.success
     assert 0.3 <= result.duration_seconds <= 0.3 + SLACK
@@ -229,7 +214,7 @@ HTTP_FAULTS = [
 async def test_http_fault_gives_reason(sim, faults, reason):
     api, url = sim
     for kind in kinds_of(api):
-        fault(url, ENDPOINT[kind], **faults)
+        sim_fault(url, ENDPOINT[kind], **faults)
         result = await probe(url, kind)
         assert_failed(result, reason)
         if "status" in faults:
@@ -238,10 +223,8 @@ async def test_http_fault_gives_reason(sim, faults, reason):
 
 @pytest.mark.parametrize("kind", ["batch", "punctuation", "vad", "timestamp"])
 async def test_latency_beyond_timeout_is_timeout(sim, kind):
-    api, url = sim
-    if kind not in kinds_of(api):
-        pytest.skip("timestamp does not apply to v1")
-    fault(url, ENDPOINT[kind], latency=1.0)
+    url = url_for(sim, kind)
+    sim_fault(url, ENDPOINT[kind], latency=1.0)
     result = await probe(url, kind, timeout=0.4)
     assert_failed(result, "timeout")
     assert 0.4 <= result.duration_seconds <= 0.4 + SLACK
@@ -249,10 +232,8 @@ async def test_latency_beyond_timeout_is_timeout(sim, kind):
 
 @pytest.mark.parametrize("kind", ["batch", "punctuation", "vad", "timestamp"])
 async def test_hang_is_timeout_within_bound(sim, kind):
-    api, url = sim
-    if kind not in kinds_of(api):
-        pytest.skip("timestamp does not apply to v1")
-    fault(url, ENDPOINT[kind], hang=True)
+    url = url_for(sim, kind)
+    sim_fault(url, ENDPOINT[kind], hang=True)
     result = await probe(url, kind, timeout=0.5)
     assert_failed(result, "timeout")
     assert 0.5 <= result.duration_seconds <= 0.5 + SLACK
@@ -262,7 +243,7 @@ async def test_model_exception(sim):
     api, url = sim
     expected = {"batch": "http_5xx", "punctuation": "check_failed", "vad": "http_5xx", "timestamp": "http_5xx"}
     for kind in kinds_of(api):
-        fault(url, ENDPOINT[kind], model_exception=True)
+        sim_fault(url, ENDPOINT[kind], model_exception=True)
         result = await probe(url, kind)
         assert_failed(result, expected[kind])
         if kind == "punctuation":  # whoAsr answers 200 with the text unchanged
@@ -299,7 +280,7 @@ async def test_silence_is_empty_transcript_counted_as_all_wrong(sim):
 @pytest.mark.parametrize("kind", ["batch", "punctuation"])
 async def test_unloaded_on_demand_model_is_not_requested(sim, kind):
     _, url = sim
-    set_model(url, "offline_asr" if kind == "batch" else "punctuation", loaded=False)
+    sim_model(url, "offline_asr" if kind == "batch" else "punctuation", loaded=False)
     result = await probe(url, kind)
     assert_failed(result, "model_not_loaded")
     assert result.step == "model_check" and result.http_status is None
@@ -308,19 +289,19 @@ async def test_unloaded_on_demand_model_is_not_requested(sim, kind):
 
 async def test_batch_allow_model_load_sends_the_request(sim):
     _, url = sim
-    set_model(url, "offline_asr", loaded=False)
+    sim_model(url, "offline_asr", loaded=False)
     result = await probe(url, "batch", allow_model_load=True)
     assert result.success
     assert requests_seen(url, "recognize") == 1
     # A failed on-demand load says "Failed to load": a server error, not a known-unloaded model.
-    set_model(url, "offline_asr", loaded=False, fail_load=True)
+    sim_model(url, "offline_asr", loaded=False, fail_load=True)
     result = await probe(url, "batch", allow_model_load=True)
     assert_failed(result, "http_5xx")
 
 
 async def test_punctuation_with_failing_model_load_is_check_failed(sim):
     _, url = sim
-    set_model(url, "punctuation", loaded=False, fail_load=True)
+    sim_model(url, "punctuation", loaded=False, fail_load=True)
     result = await probe(url, "punctuation", allow_model_load=True)
     assert_failed(result, "check_failed")
     assert "unchanged" in result.detail and result.http_status == 200
@@ -328,7 +309,7 @@ async def test_punctuation_with_failing_model_load_is_check_failed(sim):
 
 async def test_vad_not_loaded_is_503_model_not_loaded(sim):
     _, url = sim
-    set_model(url, "vad", loaded=False)
+    sim_model(url, "vad", loaded=False)
     result = await probe(url, "vad")
     assert_failed(result, "model_not_loaded")
     assert result.http_status == 503 and "VAD model not loaded" in result.detail
@@ -336,7 +317,7 @@ async def test_vad_not_loaded_is_503_model_not_loaded(sim):
 
 
 async def test_timestamp_not_loaded_is_503_model_not_loaded(v2):
-    set_model(v2, "timestamp", loaded=False)
+    sim_model(v2, "timestamp", loaded=False)
     result = await probe(v2, "timestamp")
     assert_failed(result, "model_not_loaded")
     assert result.http_status == 503

@@ -7,13 +7,12 @@ import os
 import signal
 import socket
 import time
-import urllib.request
 
 import pytest
 
 from tests.metrics_text import label_sets, value
-from tests.support import (LOOPBACK, ManagedProcess, exporter_cmd, free_port, http_get, http_post, start_simulator,
-                           wait_until)
+from tests.support import (LOOPBACK, ManagedProcess, free_port, http_get, http_post, serve_exporter, sim_stats,
+                           start_simulator, wait_ready, wait_until)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -56,8 +55,7 @@ def simulator(tmp_path):
 
 
 def start_exporter(tmp_path, config) -> tuple[ManagedProcess, str]:
-    proc = ManagedProcess(exporter_cmd("serve", "--config", str(config)), tmp_path / "exporter.log")
-    return proc, proc_base(config)
+    return serve_exporter(config, tmp_path / "exporter.log"), proc_base(config)
 
 
 def proc_base(config) -> str:
@@ -75,7 +73,7 @@ def test_reload_good_then_bad_config(tmp_path, simulator):
     config.write_text(config_text(port, both))
     proc, base = start_exporter(tmp_path, config)
     try:
-        wait_until(lambda: http_get(base + "/-/ready", timeout=1)[0] == 200, timeout=20, what="exporter ready")
+        wait_ready(base)
         wait_until(lambda: value(metrics(base), "whoasr_probe_success", target="gone", probe="punctuation") == 1.0,
                    timeout=15, what="the punctuation probe of 'gone'")
         wait_until(lambda: value(metrics(base), "whoasr_up", target="keep") == 1.0, timeout=10, what="keep up")
@@ -151,7 +149,7 @@ def test_basic_auth_users_follow_a_reload(tmp_path, simulator):
     config.write_text(config_text(port, target))
     proc, base = start_exporter(tmp_path, config)
     try:
-        wait_until(lambda: http_get(base + "/-/ready", timeout=1)[0] == 200, timeout=20, what="exporter ready")
+        wait_ready(base)
         assert http_get(base + "/metrics")[0] == 200
         config.write_text(config_text(port, target).replace(
             "  shutdown_grace: 1s\n", f'  shutdown_grace: 1s\n  web: {{basic_auth_users: {{ops: "{hashed}"}}}}\n'))
@@ -178,8 +176,7 @@ def _port_open(port: int) -> bool:
 
 
 def _open_websockets(simulator: str) -> int:
-    with urllib.request.urlopen(simulator + "/-/sim/stats", timeout=5) as response:
-        return json.loads(response.read())["open_websockets"]
+    return sim_stats(simulator)["open_websockets"]
 
 
 @pytest.mark.parametrize("grace,finishes", [("1s", False), ("15s", True)], ids=["cancelled-at-grace", "finishes"])
@@ -192,7 +189,7 @@ def test_sigterm_during_a_streaming_probe(tmp_path, simulator, grace, finishes):
                       .replace("shutdown_grace: 1s", f"shutdown_grace: {grace}"))
     proc, base = start_exporter(tmp_path, config)
     try:
-        wait_until(lambda: http_get(base + "/-/ready", timeout=1)[0] == 200, timeout=20, what="exporter ready")
+        wait_ready(base)
         wait_until(lambda: _open_websockets(simulator) == 1, timeout=20, what="a streaming session in progress")
         time.sleep(1.0)
         sent = time.monotonic()

@@ -25,7 +25,8 @@ from cryptography.x509.oid import NameOID
 
 from exporter.config import BasicAuth, TargetConfig
 from exporter.websecurity import BasicAuthChecker
-from tests.support import LOOPBACK, ManagedProcess, exporter_cmd, free_port, start_simulator, wait_until
+from tests.support import (LOOPBACK, exporter_cmd, free_port, serve_exporter, sim_delete, sim_fault, start_simulator,
+                           wait_until)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -103,7 +104,7 @@ schedules:
   model_info: {{interval: 1s, timeout: 900ms}}
   punctuation: {{interval: 1s, timeout: 900ms}}
 """)
-        exporter = ManagedProcess(exporter_cmd("serve", "--config", str(config)), tmp / "exporter.log")
+        exporter = serve_exporter(config, tmp / "exporter.log")
         procs.append(exporter)
         base = f"https://{LOOPBACK}:{port}"
         trusted = ssl.create_default_context(cafile=cert)
@@ -174,9 +175,7 @@ def test_secrets_never_appear_in_pages_debug_output_or_logs(secured):
     wait_until(lambda: b'probe="punctuation"' in https_get(secured.base + "/metrics", secured.trusted, auth)[1],
                timeout=15, what="a scheduled punctuation run")
     # A failing run too, so the failure paths (error bodies, history, page) are exercised.
-    request = urllib.request.Request(secured.sim_url + "/-/sim/faults/punctuation", method="PUT",
-                                     data=b'{"status": 500}', headers={"Content-Type": "application/json"})
-    urllib.request.urlopen(request, timeout=5).close()
+    sim_fault(secured.sim_url, "punctuation", status=500)
     try:
         wait_until(lambda: b"http_5xx" in https_get(secured.base + "/", secured.trusted, auth)[1], timeout=15,
                    what="the failure on the status page")
@@ -187,8 +186,7 @@ def test_secrets_never_appear_in_pages_debug_output_or_logs(secured):
                          "/probe?target=behind-proxy&module=punctuation&debug=true")
         )
     finally:
-        urllib.request.urlopen(urllib.request.Request(secured.sim_url + "/-/sim/faults", method="DELETE"),
-                               timeout=5).close()
+        sim_delete(secured.sim_url, "faults")
     assert b"FAILED http_5xx" in shown  # the debug output was really produced
     logs = secured.exporter.output().encode()
     assert b"punctuation" in logs  # debug-level logging of runs was on
