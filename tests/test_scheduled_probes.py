@@ -1,0 +1,177 @@
+"""Scheduled probes in a real exporter process against real simulators: results become the right metrics
+and history; a slow target produces skips, not a pile-up; a known-unloaded model is never loaded on demand."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.metrics_text import value
+from tests.support import (LOOPBACK, free_port, http_get, serve_exporter, sim_admin, sim_fault, sim_model, sim_reset,
+                           sim_stats, start_simulator, wait_ready, wait_until)
+
+KINDS = ("batch", "stream", "punctuation", "vad", "timestamp")
+MODELS = {"batch": "offline_asr", "stream": "streaming_asr", "punctuation": "punctuation", "vad": "vad",
+          "timestamp": "timestamp"}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("scheduled")
+    procs = []
+    try:
+        v1, v1_url = start_simulator(tmp, "v1", name="v1")
+        procs.append(v1)
+        v2, v2_url = start_simulator(tmp, "v2", name="v2")
+        procs.append(v2)
+        slow, slow_url = start_simulator(tmp, "v2", name="slow")
+        procs.append(slow)
+        port = free_port()
+        config = tmp / "config.yaml"
+        config.write_text(f"""
+exporter: {{listen: "{LOOPBACK}:{port}", log_format: json}}
+targets:
+  - {{name: asr-v1, url: "{v1_url}"}}
+  - {{name: asr-v2, url: "{v2_url}"}}
+  - {{name: asr-slow, url: "{slow_url}", probes: [batch]}}
+schedules:
+  health: {{interval: 5s, timeout: 2s}}
+  model_info: {{interval: 500ms, timeout: 500ms}}
+  batch: {{interval: 1s, timeout: 1s}}
+  stream: {{interval: 2s, timeout: 2s}}
+  punctuation: {{interval: 1s, timeout: 1s}}
+  vad: {{interval: 1s, timeout: 1s}}
+  timestamp: {{interval: 1s, timeout: 1s}}
+probes:
+  stream: {{pace: fast}}
+""")
+        exporter = serve_exporter(config, tmp / "exporter.log")
+        procs.append(exporter)
+        base = f"http://{LOOPBACK}:{port}"
+        wait_ready(base)
+
+        class Stack:
+            urls = {"asr-v1": v1_url, "asr-v2": v2_url, "asr-slow": slow_url}
+
+            @staticmethod
+            def metrics() -> str:
+                return http_get(base + "/metrics", timeout=2)[1].decode()
+
+            @staticmethod
+            def history(**query) -> list[dict]:
+                q = "&".join(f"{k}={v}" for k, v in query.items())
+                return json.loads(http_get(f"{base}/api/history?{q}", timeout=2)[1])
+
+        Stack.base, Stack.exporter = base, exporter
+        yield Stack
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+
+
+def test_every_probe_passes_and_its_metrics_follow(stack):
+    def all_passed():
+        text = stack.metrics()
+        return all(value(text, "whoasr_probe_success", target="asr-v2", probe=k) == 1.0 for k in KINDS)
+
+    wait_until(all_passed, timeout=20, interval=0.2, what="every v2 probe passed once")
+    text = stack.metrics()
+    for kind in KINDS:
+        assert value(text, "whoasr_probe_info", target="asr-v2", probe=kind, model=MODELS[kind]) == 1.0
+        assert value(text, "whoasr_probe_runs_total", target="asr-v2", probe=kind) >= 1
+        assert value(text, "whoasr_probe_duration_seconds_count", target="asr-v2", probe=kind) >= 1
+    for kind in ("batch", "stream"):
+        assert value(text, "whoasr_probe_character_error_rate", target="asr-v2", probe=kind) == 0.0
+        runs = value(text, "whoasr_probe_runs_total", target="asr-v2", probe=kind)
+        reference = value(text, "whoasr_probe_reference_characters_total", target="asr-v2", probe=kind)
+        assert reference % 11 == 0 and reference >= 11  # the clip's 11 characters per compared run
+        assert value(text, "whoasr_probe_character_errors_total", target="asr-v2", probe=kind) == 0.0
+        assert runs >= reference / 11
+    assert value(text, "whoasr_stream_first_result_seconds_count", target="asr-v2") >= 1
+    assert value(text, "whoasr_stream_partial_results_total", target="asr-v2") >= 1
+    assert value(text, "whoasr_probe_audio_seconds_total", target="asr-v2", probe="batch") > 5
+    # the latency SLI bound (response_time_seconds, 5 s) is an exact bucket
+    assert value(text, "whoasr_probe_duration_seconds_bucket", target="asr-v2", probe="batch", le="5.0") >= 1
+
+
+def test_timestamp_on_v1_is_not_applicable_not_failing(stack):
+    wait_until(lambda: value(stack.metrics(), "whoasr_probe_success", target="asr-v1", probe="batch") == 1.0,
+               timeout=20, what="v1 batch passed")
+    wait_until(lambda: any(r["probe"] == "timestamp" for r in stack.history(target="asr-v1")), timeout=10,
+               what="a v1 timestamp run in history")
+    text = stack.metrics()
+    assert value(text, "whoasr_probe_success", target="asr-v1", probe="timestamp") is None
+    assert value(text, "whoasr_probe_info", target="asr-v1", probe="timestamp", model="timestamp") is None
+    assert value(text, "whoasr_probe_info", target="asr-v1", probe="batch", model="offline_asr") == 1.0
+    runs = [r for r in stack.history(target="asr-v1", probe="timestamp")]
+    assert runs and all(not r["applicable"] and r["reason"] is None for r in runs)
+
+
+def test_slow_target_produces_skips_not_a_pile_up(stack):
+    url = stack.urls["asr-slow"]
+    # /health answers past its 2 s timeout, holding the target's gate (no probe overlaps /health) for 2 s
+    # every 5 s, and recognition hangs until each run's 1 s timeout: batch runs, due every second, are
+    # still going when the next is due.
+    sim_fault(url, "health", latency=3)
+    sim_fault(url, "recognize", hang=True)
+    try:
+        def skipped_and_timed_out():
+            text = stack.metrics()
+            return ((value(text, "whoasr_probe_skipped_total", target="asr-slow", probe="batch") or 0) >= 2
+                    and (value(text, "whoasr_probe_failures_total", target="asr-slow", probe="batch",
+                               reason="timeout") or 0) >= 2)
+
+        wait_until(skipped_and_timed_out, timeout=30, interval=0.2, what="skips and timeouts on the slow target")
+        # one run at a time: never more recognition requests in flight at the server than one
+        stats = sim_stats(url)
+        text = stack.metrics()
+        runs = value(text, "whoasr_probe_runs_total", target="asr-slow", probe="batch")
+        assert stats["requests"]["recognize"] <= runs + 1
+        failures = stack.history(target="asr-slow", probe="batch")
+        assert failures[0]["reason"] == "timeout" and failures[0]["success"] is False
+        assert value(text, "whoasr_probe_last_failure_info", target="asr-slow", probe="batch", reason="timeout") == 1.0
+    finally:
+        sim_reset(url)
+    wait_until(lambda: value(stack.metrics(), "whoasr_probe_success", target="asr-slow", probe="batch") == 1.0,
+               timeout=20, what="slow target recovered")
+    assert value(stack.metrics(), "whoasr_probe_last_failure_info", target="asr-slow", probe="batch",
+                 reason="timeout") is None
+    assert stack.exporter.alive()
+
+
+def test_known_unloaded_model_is_not_loaded_on_demand(stack):
+    url = stack.urls["asr-v2"]
+    sim_model(url, "offline_asr", loaded=False)
+    try:
+        def refused():
+            text = stack.metrics()
+            return (value(text, "whoasr_model_loaded", target="asr-v2", model="offline_asr") == 0.0
+                    and (value(text, "whoasr_probe_failures_total", target="asr-v2", probe="batch",
+                               reason="model_not_loaded") or 0) >= 1)
+
+        wait_until(refused, timeout=20, interval=0.2, what="batch refused with model_not_loaded")
+        before = sim_stats(url)["requests"].get("recognize", 0)
+        failures_before = value(stack.metrics(), "whoasr_probe_failures_total", target="asr-v2", probe="batch",
+                                reason="model_not_loaded")
+        wait_until(lambda: value(stack.metrics(), "whoasr_probe_failures_total", target="asr-v2", probe="batch",
+                                 reason="model_not_loaded") >= failures_before + 2, timeout=20,
+                   what="two more refused runs")
+        assert sim_stats(url)["requests"].get("recognize", 0) == before  # nothing was sent
+        assert sim_admin(url, "GET", "models")["offline_asr"]["loaded"] is False  # and nothing loaded it
+    finally:
+        sim_reset(url)
+
+
+def test_history_and_status_page_show_failures(stack):
+    url = stack.urls["asr-v2"]
+    sim_fault(url, "vad", status=500)
+    try:
+        wait_until(lambda: any(r["reason"] == "http_5xx" for r in stack.history(target="asr-v2", probe="vad")),
+                   timeout=20, what="a vad http_5xx in history")
+    finally:
+        sim_reset(url)
+    failure = next(r for r in stack.history(target="asr-v2", probe="vad") if r["reason"] == "http_5xx")
+    assert failure["http_status"] == 500 and "injected" in failure["error_body"]
+    page = http_get(stack.base + "/")[1].decode()
+    assert "http_5xx" in page and "<td>asr-v2</td>" in page
