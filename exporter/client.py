@@ -105,11 +105,11 @@ class TargetClient:
         self._api: Optional[str] = None if target.api == "auto" else target.api
         self._detect_lock = asyncio.Lock()
         self._headers: dict[str, str] = {}
-        self._auth = None
         if target.bearer_token:
             self._headers["Authorization"] = f"Bearer {target.bearer_token}"
         if target.basic_auth:
-            self._auth = aiohttp.BasicAuth(target.basic_auth.username, target.basic_auth.password)
+            self._headers["Authorization"] = aiohttp.BasicAuth(target.basic_auth.username,
+                                                               target.basic_auth.password).encode()
 
     # --- API generation -------------------------------------------------------------------------
     @property
@@ -167,7 +167,7 @@ class TargetClient:
         try:
             async with asyncio.timeout(timeout):
                 async with self.session.request(
-                    method, url, json=json_body, data=form, headers=self._headers, auth=self._auth,
+                    method, url, json=json_body, data=form, headers=self._headers,
                     allow_redirects=False,
                 ) as response:
                     body = await _read_capped(response, max_bytes)
@@ -202,7 +202,7 @@ class TargetClient:
         try:
             async with asyncio.timeout(timeout):
                 return await self.session.ws_connect(
-                    self.ws_url(path), headers=self._headers, auth=self._auth, autoping=True,
+                    self.ws_url(path), headers=self._headers, autoping=True,
                     heartbeat=None, max_msg_size=MAX_BODY_BYTES, autoclose=True,
                 )
         except (asyncio.TimeoutError, TimeoutError):
