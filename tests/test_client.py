@@ -33,13 +33,15 @@ async def server():
         state["auth"].append(request.headers.get("Authorization"))
         return web.json_response({"ok": True})
 
+    async def status(request):
+        return web.Response(status=int(request.match_info["code"]), text="detail in /tmp/tmpab12cd.wav")
+
     app = web.Application()
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/big", big)
     app.router.add_get("/slow", slow)
     app.router.add_get("/auth", echo_auth)
-    app.router.add_get("/status/{code}", lambda r: web.Response(status=int(r.match_info["code"]),
-                                                                text="detail in /tmp/tmpab12cd.wav"))
+    app.router.add_get("/status/{code}", status)
     runner = web.AppRunner(app)
     await runner.setup()
     port = free_port()
