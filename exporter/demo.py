@@ -88,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
                 [sys.executable, "-m", "exporter", "simulate", "--api", api, "--host", "127.0.0.1",
                  "--port", str(port)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                start_new_session=True,  # stopped by the demo itself, not by a signal to its whole group
             )
             simulators.append(process)
             urls[f"asr-{api}"] = f"http://127.0.0.1:{port}"

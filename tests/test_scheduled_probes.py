@@ -142,7 +142,8 @@ def test_slow_target_produces_skips_not_a_pile_up(stack):
 
 def test_known_unloaded_model_is_not_loaded_on_demand(stack):
     url = stack.urls["asr-v2"]
-    sim_model(url, "offline_asr", loaded=False)
+    # fail_load: a run that starts before the exporter has seen the unload cannot load the model back
+    sim_model(url, "offline_asr", loaded=False, fail_load=True)
     try:
         def refused():
             text = stack.metrics()
