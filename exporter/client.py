@@ -7,6 +7,7 @@ raised by aiohttp escapes into the scheduler. Bodies are size-capped; every call
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import ssl
 import time
@@ -108,8 +109,8 @@ class TargetClient:
         if target.bearer_token:
             self._headers["Authorization"] = f"Bearer {target.bearer_token}"
         if target.basic_auth:
-            self._headers["Authorization"] = aiohttp.BasicAuth(target.basic_auth.username,
-                                                               target.basic_auth.password).encode()
+            credentials = f"{target.basic_auth.username}:{target.basic_auth.password}".encode()
+            self._headers["Authorization"] = "Basic " + base64.b64encode(credentials).decode("ascii")
 
     # --- API generation -------------------------------------------------------------------------
     @property
