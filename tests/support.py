@@ -183,3 +183,44 @@ def sim_reset(url: str, models: tuple[str, ...] = SIM_MODELS) -> None:
     sim_delete(url, "faults")
     for model in models:
         sim_model(url, model, loaded=True, fail_load=False)
+
+
+# ---------------------------------------------------------------- a module's processes
+class Stack:
+    """The processes a module fixture starts (simulators, one exporter), stopped by pid, newest first."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.procs: list[ManagedProcess] = []
+        self.urls: dict[str, str] = {}
+        self.base = ""
+        self.exporter: ManagedProcess | None = None
+
+    def simulator(self, name: str, api: str, *extra: str) -> str:
+        proc, url = start_simulator(self.tmp, api, *extra, name=name)
+        self.procs.append(proc)
+        self.urls[name] = url
+        return url
+
+    def serve(self, config_text: str, port: int) -> str:
+        """Writes the config, starts `serve` with it and waits until it is ready; returns its base URL."""
+        config = self.tmp / "config.yaml"
+        config.write_text(config_text)
+        self.exporter = serve_exporter(config, self.tmp / "exporter.log")
+        self.procs.append(self.exporter)
+        self.base = f"http://{LOOPBACK}:{port}"
+        wait_ready(self.base)
+        return self.base
+
+    def metrics(self) -> str:
+        return http_get(self.base + "/metrics", timeout=2)[1].decode()
+
+    def wait_metric(self, name: str, expected, timeout: float = 10.0, **labels):
+        from tests.metrics_text import value
+
+        return wait_until(lambda: value(self.metrics(), name, **labels) == expected, timeout=timeout,
+                          what=f"{name}{labels} == {expected}")
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()

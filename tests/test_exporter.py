@@ -10,28 +10,21 @@ import time
 import pytest
 
 from tests.metrics_text import label_sets, value
-from tests.support import (LOOPBACK, free_port, http_get, serve_exporter, sim_delete, sim_fault, sim_model,
-                           sim_put, start_simulator, wait_ready, wait_until)
+from tests.support import LOOPBACK, Stack, free_port, http_get, sim_delete, sim_fault, sim_model, sim_put, wait_until
 
 GIB = 1024**3
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("exporter")
-    procs = []
+    stack = Stack(tmp_path_factory.mktemp("exporter"))
     try:
-        v1, v1_url = start_simulator(tmp, "v1", name="v1")
-        procs.append(v1)
-        v2, v2_url = start_simulator(tmp, "v2", "--unloaded", "vad,timestamp", name="v2")
-        procs.append(v2)
-        doc, doc_url = start_simulator(tmp, "v2", "--health-schema", "documented", name="doc")
-        procs.append(doc)
-        faulty, faulty_url = start_simulator(tmp, "v2", name="faulty")
-        procs.append(faulty)
+        v1_url = stack.simulator("v1", "v1")
+        v2_url = stack.simulator("v2", "v2", "--unloaded", "vad,timestamp")
+        doc_url = stack.simulator("doc", "v2", "--health-schema", "documented")
+        faulty_url = stack.simulator("faulty", "v2")
         port = free_port()
-        config = tmp / "config.yaml"
-        config.write_text(f"""
+        stack.serve(f"""
 exporter: {{listen: "{LOOPBACK}:{port}", log_format: json, log_level: info}}
 targets:
   - {{name: asr-v1, url: "{v1_url}", probes: []}}
@@ -42,25 +35,10 @@ targets:
 schedules:
   health: {{interval: 1s, timeout: 500ms}}
   model_info: {{interval: 1s, timeout: 500ms}}
-""")
-        exporter = serve_exporter(config, tmp / "exporter.log")
-        procs.append(exporter)
-        base = f"http://{LOOPBACK}:{port}"
-        wait_ready(base)
-        urls = {"v1": v1_url, "v2": v2_url, "doc": doc_url, "faulty": faulty_url}
-
-        def metrics() -> str:
-            return http_get(base + "/metrics", timeout=2)[1].decode()
-
-        def wait_metric(name, expected, timeout=10.0, **labels):
-            return wait_until(lambda: value(metrics(), name, **labels) == expected, timeout=timeout,
-                              what=f"{name}{labels} == {expected}")
-
-        yield type("Stack", (), {"base": base, "urls": urls, "metrics": staticmethod(metrics),
-                                 "wait_metric": staticmethod(wait_metric), "exporter": exporter})
+""", port)
+        yield stack
     finally:
-        for proc in reversed(procs):
-            proc.stop()
+        stack.stop()
 
 
 def test_v2_current_schema_values(stack):

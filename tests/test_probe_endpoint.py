@@ -12,8 +12,8 @@ import urllib.parse
 import pytest
 
 from tests.metrics_text import samples, value
-from tests.support import (LOOPBACK, free_port, http_get, serve_exporter, sim_fault, sim_put, sim_reset, sim_stats,
-                           start_simulator, wait_ready, wait_until)
+from tests.support import (LOOPBACK, Stack, free_port, http_get, sim_fault, sim_put, sim_reset, sim_stats,
+                           wait_until)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -22,17 +22,13 @@ MODULES = ("batch", "stream", "punctuation", "vad", "timestamp", "stream_vad", "
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("probe-endpoint")
-    procs = []
+    stack = Stack(tmp_path_factory.mktemp("probe-endpoint"))
     try:
-        v1, v1_url = start_simulator(tmp, "v1", name="v1")
-        procs.append(v1)
-        v2, v2_url = start_simulator(tmp, "v2", name="v2")
-        procs.append(v2)
+        v1_url = stack.simulator("v1", "v1")
+        v2_url = stack.simulator("v2", "v2")
         port = free_port()
-        config = tmp / "config.yaml"
         # Only the v1 simulator's URL is allowed as a raw target; one /probe at a time.
-        config.write_text(f"""
+        stack.serve(f"""
 exporter:
   listen: "{LOOPBACK}:{port}"
   log_format: json
@@ -44,15 +40,10 @@ targets:
 schedules:
   health: {{interval: 1h, timeout: 5s}}
   model_info: {{interval: 1h, timeout: 5s}}
-""")
-        exporter = serve_exporter(config, tmp / "exporter.log")
-        procs.append(exporter)
-        base = f"http://{LOOPBACK}:{port}"
-        wait_ready(base)
-        yield type("Stack", (), {"base": base, "urls": {"v1": v1_url, "v2": v2_url}, "exporter": exporter})
+""", port)
+        yield stack
     finally:
-        for proc in reversed(procs):
-            proc.stop()
+        stack.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -4,12 +4,13 @@ and history; a slow target produces skips, not a pile-up; a known-unloaded model
 from __future__ import annotations
 
 import json
+import urllib.parse
 
 import pytest
 
 from tests.metrics_text import value
-from tests.support import (LOOPBACK, free_port, http_get, serve_exporter, sim_admin, sim_fault, sim_model, sim_reset,
-                           sim_stats, start_simulator, wait_ready, wait_until)
+from tests.support import (LOOPBACK, Stack, free_port, http_get, sim_admin, sim_fault, sim_model, sim_reset,
+                           sim_stats, wait_until)
 
 KINDS = ("batch", "stream", "punctuation", "vad", "timestamp")
 MODELS = {"batch": "offline_asr", "stream": "streaming_asr", "punctuation": "punctuation", "vad": "vad",
@@ -18,18 +19,13 @@ MODELS = {"batch": "offline_asr", "stream": "streaming_asr", "punctuation": "pun
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("scheduled")
-    procs = []
+    stack = Stack(tmp_path_factory.mktemp("scheduled"))
     try:
-        v1, v1_url = start_simulator(tmp, "v1", name="v1")
-        procs.append(v1)
-        v2, v2_url = start_simulator(tmp, "v2", name="v2")
-        procs.append(v2)
-        slow, slow_url = start_simulator(tmp, "v2", name="slow")
-        procs.append(slow)
+        v1_url = stack.simulator("asr-v1", "v1")
+        v2_url = stack.simulator("asr-v2", "v2")
+        slow_url = stack.simulator("asr-slow", "v2")
         port = free_port()
-        config = tmp / "config.yaml"
-        config.write_text(f"""
+        stack.serve(f"""
 exporter: {{listen: "{LOOPBACK}:{port}", log_format: json}}
 targets:
   - {{name: asr-v1, url: "{v1_url}"}}
@@ -45,29 +41,14 @@ schedules:
   timestamp: {{interval: 1s, timeout: 1s}}
 probes:
   stream: {{pace: fast}}
-""")
-        exporter = serve_exporter(config, tmp / "exporter.log")
-        procs.append(exporter)
-        base = f"http://{LOOPBACK}:{port}"
-        wait_ready(base)
-
-        class Stack:
-            urls = {"asr-v1": v1_url, "asr-v2": v2_url, "asr-slow": slow_url}
-
-            @staticmethod
-            def metrics() -> str:
-                return http_get(base + "/metrics", timeout=2)[1].decode()
-
-            @staticmethod
-            def history(**query) -> list[dict]:
-                q = "&".join(f"{k}={v}" for k, v in query.items())
-                return json.loads(http_get(f"{base}/api/history?{q}", timeout=2)[1])
-
-        Stack.base, Stack.exporter = base, exporter
-        yield Stack
+""", port)
+        yield stack
     finally:
-        for proc in reversed(procs):
-            proc.stop()
+        stack.stop()
+
+
+def history(stack: Stack, **query) -> list[dict]:
+    return json.loads(http_get(f"{stack.base}/api/history?{urllib.parse.urlencode(query)}", timeout=2)[1])
 
 
 def test_every_probe_passes_and_its_metrics_follow(stack):
@@ -98,13 +79,13 @@ def test_every_probe_passes_and_its_metrics_follow(stack):
 def test_timestamp_on_v1_is_not_applicable_not_failing(stack):
     wait_until(lambda: value(stack.metrics(), "whoasr_probe_success", target="asr-v1", probe="batch") == 1.0,
                timeout=20, what="v1 batch passed")
-    wait_until(lambda: any(r["probe"] == "timestamp" for r in stack.history(target="asr-v1")), timeout=10,
+    wait_until(lambda: any(r["probe"] == "timestamp" for r in history(stack, target="asr-v1")), timeout=10,
                what="a v1 timestamp run in history")
     text = stack.metrics()
     assert value(text, "whoasr_probe_success", target="asr-v1", probe="timestamp") is None
     assert value(text, "whoasr_probe_info", target="asr-v1", probe="timestamp", model="timestamp") is None
     assert value(text, "whoasr_probe_info", target="asr-v1", probe="batch", model="offline_asr") == 1.0
-    runs = [r for r in stack.history(target="asr-v1", probe="timestamp")]
+    runs = [r for r in history(stack, target="asr-v1", probe="timestamp")]
     assert runs and all(not r["applicable"] and r["reason"] is None for r in runs)
 
 
@@ -128,7 +109,7 @@ def test_slow_target_produces_skips_not_a_pile_up(stack):
         text = stack.metrics()
         runs = value(text, "whoasr_probe_runs_total", target="asr-slow", probe="batch")
         assert stats["requests"]["recognize"] <= runs + 1
-        failures = stack.history(target="asr-slow", probe="batch")
+        failures = history(stack, target="asr-slow", probe="batch")
         assert failures[0]["reason"] == "timeout" and failures[0]["success"] is False
         assert value(text, "whoasr_probe_last_failure_info", target="asr-slow", probe="batch", reason="timeout") == 1.0
     finally:
@@ -168,11 +149,11 @@ def test_history_and_status_page_show_failures(stack):
     url = stack.urls["asr-v2"]
     sim_fault(url, "vad", status=500)
     try:
-        wait_until(lambda: any(r["reason"] == "http_5xx" for r in stack.history(target="asr-v2", probe="vad")),
+        wait_until(lambda: any(r["reason"] == "http_5xx" for r in history(stack, target="asr-v2", probe="vad")),
                    timeout=20, what="a vad http_5xx in history")
     finally:
         sim_reset(url)
-    failure = next(r for r in stack.history(target="asr-v2", probe="vad") if r["reason"] == "http_5xx")
+    failure = next(r for r in history(stack, target="asr-v2", probe="vad") if r["reason"] == "http_5xx")
     assert failure["http_status"] == 500 and "injected" in failure["error_body"]
     page = http_get(stack.base + "/")[1].decode()
     assert "http_5xx" in page and "<td>asr-v2</td>" in page
