@@ -45,5 +45,5 @@ class History:
         results = self._recent.get((target, probe))
         return results[-1] if results else None
 
-    def to_json(self, target: Optional[str] = None, probe: Optional[str] = None) -> list[dict]:
-        return [result.to_dict() for result in self.results(target, probe)]
+    def to_json(self, target: Optional[str] = None, probe: Optional[str] = None, limit: Optional[int] = None) -> list[dict]:
+        return [result.to_dict() for result in self.results(target, probe)[:limit]]

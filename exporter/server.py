@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from exporter.daemon import Daemon
 
 DAEMON = web.AppKey("daemon", object)
+HISTORY_LIMIT = 500  # results per /api/history answer unless ?limit= says otherwise (newest first)
+MAX_HISTORY_LIMIT = 10000
 
 
 def build_app(daemon: "Daemon") -> web.Application:
@@ -70,7 +72,10 @@ async def history(request: web.Request) -> web.Response:
     daemon: Daemon = request.app[DAEMON]
     target = request.query.get("target") or None
     probe = request.query.get("probe") or None
-    return web.json_response(daemon.history.to_json(target, probe), dumps=_dumps)
+    limit = request.query.get("limit", str(HISTORY_LIMIT))
+    if not limit.isdigit() or not 1 <= int(limit) <= MAX_HISTORY_LIMIT:
+        return web.Response(status=400, text=f"limit: expected a whole number from 1 to {MAX_HISTORY_LIMIT}\n")
+    return web.json_response(daemon.history.to_json(target, probe, int(limit)), dumps=_dumps)
 
 
 async def reload(request: web.Request) -> web.Response:

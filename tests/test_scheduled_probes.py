@@ -155,5 +155,7 @@ def test_history_and_status_page_show_failures(stack):
         sim_reset(url)
     failure = next(r for r in history(stack, target="asr-v2", probe="vad") if r["reason"] == "http_5xx")
     assert failure["http_status"] == 500 and "injected" in failure["error_body"]
+    assert len(history(stack, limit=1)) == 1
+    assert http_get(f"{stack.base}/api/history?limit=0")[0] == 400
     page = http_get(stack.base + "/")[1].decode()
     assert "http_5xx" in page and "<td>asr-v2</td>" in page
