@@ -37,12 +37,10 @@ def kinds_of(api: str) -> tuple[str, ...]:
     return KINDS_V1 if api == "v1" else (*KINDS_V1, "timestamp")
 
 
-def url_for(sim, kind: str) -> str:
-    """The URL of the `sim` fixture's simulator; skips the test where `kind` does not apply (timestamp on v1)."""
-    api, url = sim
-    if kind not in kinds_of(api):
-        pytest.skip("timestamp does not apply to v1")
-    return url
+# (generation, probe kind) pairs where the probe applies: timestamps have no v1 endpoint that works,
+# which test_timestamp_is_not_applicable_on_v1 covers.
+APPLICABLE = pytest.mark.parametrize("sim,kind", [(api, kind) for api in ("v1", "v2") for kind in kinds_of(api)],
+                                     indirect=["sim"])
 
 
 def requests_seen(url: str, endpoint: str) -> int:
@@ -95,11 +93,9 @@ def assert_failed(result, reason: str) -> None:
 
 # ---------------------------------------------------------------- no fault: every probe passes
 
-@pytest.mark.parametrize("kind", ["batch", "punctuation", "vad", "timestamp"])
+@APPLICABLE
 async def test_probe_passes_without_faults(sim, kind):
     api, url = sim
-    if api == "v1" and kind == "timestamp":
-        pytest.skip("covered by test_timestamp_is_not_applicable_on_v1")
     result = await probe(url, kind)
     assert result.success, (result.reason, result.detail, result.trace)
     assert result.reason is None and result.http_status == 200
@@ -134,9 +130,9 @@ async def test_batch_cer_counts_substituted_characters(sim, substituted, passes)
         assert "3/11" in result.detail
 
 
-@pytest.mark.parametrize("kind", ["batch", "punctuation", "vad", "timestamp"])
+@APPLICABLE
 async def test_injected_latency_is_measured(sim, kind):
-    url = url_for(sim, kind)
+    _, url = sim
     sim_fault(url, ENDPOINT[kind], latency=0.3)
     result = await probe(url, kind)
     assert result.success
@@ -221,18 +217,18 @@ async def test_http_fault_gives_reason(sim, faults, reason):
             assert result.http_status == faults["status"] and result.error_body
 
 
-@pytest.mark.parametrize("kind", ["batch", "punctuation", "vad", "timestamp"])
+@APPLICABLE
 async def test_latency_beyond_timeout_is_timeout(sim, kind):
-    url = url_for(sim, kind)
+    _, url = sim
     sim_fault(url, ENDPOINT[kind], latency=1.0)
     result = await probe(url, kind, timeout=0.4)
     assert_failed(result, "timeout")
     assert 0.4 <= result.duration_seconds <= 0.4 + SLACK
 
 
-@pytest.mark.parametrize("kind", ["batch", "punctuation", "vad", "timestamp"])
+@APPLICABLE
 async def test_hang_is_timeout_within_bound(sim, kind):
-    url = url_for(sim, kind)
+    _, url = sim
     sim_fault(url, ENDPOINT[kind], hang=True)
     result = await probe(url, kind, timeout=0.5)
     assert_failed(result, "timeout")
