@@ -127,8 +127,7 @@ def target_state_lines(target: TargetState, target_labels: Optional[dict[str, st
             out.add("whoasr_last_scrape_timestamp_seconds", el, state.last_scrape_timestamp)
         for reason, count in sorted(state.errors.items()):
             out.counter("whoasr_scrape_errors", f"{el},{labels(reason=reason)}", count)
-        if state.skipped_total:
-            out.counter("whoasr_scrape_skipped", el, state.skipped_total)
+        out.counter("whoasr_scrape_skipped", el, state.skipped_total)  # from 0: its label set is known
     if target.up is not None:
         out.add("whoasr_up", tl, 1.0 if target.up else 0.0)
     if target.api:
@@ -168,8 +167,7 @@ def probe_lines(target_name: str, kind: str, stats: ProbeStats) -> Lines:
     if not stats.applicable:
         return out
     key = labels(target=target_name, probe=kind)
-    if stats.skipped_total:
-        out.counter("whoasr_probe_skipped", key, stats.skipped_total)
+    out.counter("whoasr_probe_skipped", key, stats.skipped_total)  # from 0: its label set is known
     if not stats.runs_total:
         return out
     out.add("whoasr_probe_success", key, 1.0 if stats.success else 0.0)

@@ -69,6 +69,9 @@ def test_every_probe_passes_and_its_metrics_follow(stack):
         assert reference % 11 == 0 and reference >= 11  # the clip's 11 characters per compared run
         assert value(text, "whoasr_probe_character_errors_total", target="asr-v2", probe=kind) == 0.0
         assert runs >= reference / 11
+    # skip counters exist from zero (their label sets are known), so dashboards show 0, not "No data"
+    assert value(text, "whoasr_probe_skipped_total", target="asr-v2", probe="vad") is not None
+    assert value(text, "whoasr_scrape_skipped_total", target="asr-v2", endpoint="model_info") is not None
     assert value(text, "whoasr_stream_first_result_seconds_count", target="asr-v2") >= 1
     assert value(text, "whoasr_stream_partial_results_total", target="asr-v2") >= 1
     assert value(text, "whoasr_probe_audio_seconds_total", target="asr-v2", probe="batch") > 5

@@ -41,8 +41,6 @@ MUST_HAVE_DATA = ("whoasr-overview", "whoasr-probes", "whoasr-voice-path", "whoa
 NO_DATA_WHEN_HEALTHY = {
     ("whoasr-overview", "Scrape errors by reason"):
         "whoasr_scrape_errors_total has a series only once a scrape failed",
-    ("whoasr-probes", "Skipped runs"):
-        "whoasr_probe_skipped_total has a series only once a run was skipped",
     ("whoasr-probes", "Failure ratio by reason"):
         "whoasr_probe_failures_total has a series per reason only once a run failed",
     ("whoasr-probes", "Failures by reason"):
