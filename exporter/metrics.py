@@ -78,7 +78,6 @@ FAMILIES = [Family(*spec) for spec in (
     ("whoasr_stream_final_result_seconds", "histogram", "stop_recording sent -> end of session."),
     ("whoasr_stream_partial_results", "counter", "Partial results received."),
 )]
-FAMILY_NAMES = [family.name for family in FAMILIES]
 
 
 def escape(value: str) -> str:

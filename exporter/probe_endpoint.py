@@ -130,7 +130,7 @@ class ProbeHandler:
             client = TargetClient(daemon.session, target)
             self._adhoc[target.url] = client
             while len(self._adhoc) > ADHOC_CLIENTS:
-                old_url, old = self._adhoc.popitem(last=False)
+                _, old = self._adhoc.popitem(last=False)
                 daemon.gates.pop(old.name, None)
         self._adhoc.move_to_end(target.url)
         return client

@@ -23,7 +23,6 @@ SCHEMA_VERSION = 39  # Grafana 10.3 / 10.4
 GRAFANA_VERSION = "10.4.0"
 DS = {"type": "prometheus", "uid": "${datasource}"}
 DS_INPUT = "DS_PROMETHEUS"
-PANEL_TYPES = ("timeseries", "stat", "gauge", "bargauge", "table", "heatmap")
 SEL = 'job=~"$job", target=~"$target"'
 PSEL = 'job=~"$job", target=~"$target", probe=~"$probe"'
 SSEL = 'job=~"$job", target=~"$target", probe="stream"'

@@ -235,7 +235,3 @@ def group(slo: SLO, runbook_url: str) -> dict:
     """One rule group per SLO. Sloth uses three, but rules in one group run in order, so the alerts
     always read the SLIs of the same evaluation, in Prometheus and in promtool alike."""
     return {"name": f"sloth-slo-{slo.id}", "rules": recording_rules(slo) + burn_alerts(slo, runbook_url)}
-
-
-def window_seconds(window: str) -> int:
-    return _window_seconds(window)
