@@ -127,12 +127,25 @@ class ExporterState:
         self.config_reload_successful: Optional[bool] = None
         self.config_reload_success_timestamp: Optional[float] = None
         self.scheduler_lag = Histogram(SCHEDULER_LAG_BUCKETS)
-        self.set_thresholds(response_time_seconds, stream_first_result_seconds)
-
-    def set_thresholds(self, response_time_seconds: float, stream_first_result_seconds: float) -> None:
-        """Bucket bounds for histograms created from now on (existing ones keep theirs until reset)."""
         self.probe_buckets = with_thresholds(PROBE_DURATION_BUCKETS, response_time_seconds)
         self.stream_buckets = with_thresholds(STREAM_BUCKETS, stream_first_result_seconds)
+
+    def set_thresholds(self, response_time_seconds: float, stream_first_result_seconds: float) -> None:
+        """Bucket bounds that include the thresholds. When a reload moves a threshold, histograms restart
+        empty with the new bounds (Prometheus reads that as a counter reset): otherwise the `le` series
+        the rules query would stay missing until the exporter restarted."""
+        probe_buckets = with_thresholds(PROBE_DURATION_BUCKETS, response_time_seconds)
+        stream_buckets = with_thresholds(STREAM_BUCKETS, stream_first_result_seconds)
+        if (probe_buckets, stream_buckets) == (self.probe_buckets, self.stream_buckets):
+            return
+        self.probe_buckets, self.stream_buckets = probe_buckets, stream_buckets
+        for target in self.targets.values():
+            for stats in target.probes.values():
+                stats.duration = Histogram(probe_buckets)
+                if stats.stream is not None:
+                    stats.stream = StreamStats(Histogram(stream_buckets), Histogram(stream_buckets),
+                                               Histogram(stream_buckets), stats.stream.partial_results_total)
+            self._changed(target.name, None)
 
     def _changed(self, target: str, section: Optional[str]) -> None:
         for listener in self.listeners:
