@@ -9,15 +9,24 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
+import ssl
 import sys
 from typing import Callable, Optional
 
 import aiohttp
 import structlog
 
-from exporter import logs, websecurity
+from exporter import logs, tls, websecurity
 from exporter.client import TargetClient, new_session
-from exporter.config import SCRAPE_KINDS, Config, ConfigError, TargetConfig, load_config, load_config_or_report
+from exporter.config import (
+    SCRAPE_KINDS,
+    Config,
+    ConfigError,
+    TargetConfig,
+    TLSConfig,
+    load_config,
+    load_config_or_report,
+)
 from exporter.gate import TargetGate
 from exporter.history import History
 from exporter.metrics import Exposition, process_registry
@@ -65,15 +74,23 @@ class Daemon:
         if self.session is not None:
             await self.session.close()
 
-    def apply(self, config: Config) -> None:
-        """Switches to a validated config: clients, gates, state and jobs follow the new target list."""
+    def apply(self, config: Config, tls_contexts: Optional[dict[TLSConfig, ssl.SSLContext]] = None) -> None:
+        """Switches to a validated config: clients, gates, state and jobs follow the new target list.
+
+        A target with a tls_config gets a new client with the `tls_contexts` built from its files now (a
+        reload re-reads rotated certificates); without them they are built here, as at start-up."""
         self.config = config
         self.state.set_thresholds(config.thresholds.response_time_seconds,
                                   config.thresholds.stream_first_result_seconds)
+        if tls_contexts is None:
+            tls_contexts = tls.contexts_for(target.tls_config for target in config.targets)
         clients: dict[str, TargetClient] = {}
         for target in config.targets:
             old = self.clients.get(target.name)
-            clients[target.name] = old if old is not None and old.target == target else self._client(target)
+            if old is not None and old.target == target and target.tls_config is None:
+                clients[target.name] = old
+            else:
+                clients[target.name] = self._client(target, tls_contexts.get(target.tls_config))
             self.gates.setdefault(target.name, TargetGate())
         self.clients = clients
         self.gates = {name: gate for name, gate in self.gates.items() if name in clients}
@@ -86,9 +103,9 @@ class Daemon:
                 plans[(target.name, kind)] = Plan(schedule.interval, schedule.timeout)
         self.scheduler.sync(plans)
 
-    def _client(self, target: TargetConfig) -> TargetClient:
+    def _client(self, target: TargetConfig, ssl_context: Optional[ssl.SSLContext] = None) -> TargetClient:
         assert self.session is not None
-        return TargetClient(self.session, target)
+        return TargetClient(self.session, target, ssl_context)
 
     async def reload(self) -> tuple[bool, str]:
         """Re-reads the config file; on any error the running config stays and the error is reported."""
@@ -97,6 +114,13 @@ class Daemon:
                 return False, "no config file to reload"
             try:
                 config = await asyncio.to_thread(load_config, self.config_path)
+                tls_contexts = await asyncio.to_thread(
+                    tls.contexts_for, [target.tls_config for target in config.targets])
+            except tls.TLSFileError as exc:  # a file changed between the check and now
+                self.state.record_reload(False)
+                log.error("config reload failed", reason="invalid_config", error=f"tls_config.{exc.field}: {exc}",
+                          path=self.config_path)
+                return False, f"{self.config_path}: tls_config.{exc.field}: {exc}"
             except ConfigError as exc:
                 self.state.record_reload(False)
                 log.error("config reload failed", reason="invalid_config", error=str(exc), path=self.config_path)
@@ -104,7 +128,7 @@ class Daemon:
             for setting in settings_needing_restart(self.config, config):
                 log.warning("config change needs a restart", setting=setting, reason="restart_required",
                             path=self.config_path)
-            self.apply(config)
+            self.apply(config, tls_contexts)
             self.state.record_reload(True)
             log.info("config reloaded", path=self.config_path, targets=len(config.targets))
             return True, f"reloaded {len(config.targets)} targets"
