@@ -267,6 +267,14 @@ class Exposition:
             out.add("whoasr_exporter_config_last_reload_success_timestamp_seconds", "",
                     state.config_reload_success_timestamp)
         out.histogram("whoasr_exporter_scheduler_lag_seconds", "", state.scheduler_lag)
+        for source, count in sorted(state.targets_by_source.items()):
+            out.add("whoasr_exporter_targets", labels(source=source), count)
+        index, count = state.shard
+        out.add("whoasr_exporter_shard_info", labels(shard=str(index), shards=str(count)), 1.0)
+        if state.targets_files_last_read_ok is not None:
+            out.add("whoasr_exporter_targets_files_last_read_successful", "",
+                    1.0 if state.targets_files_last_read_ok else 0.0)
+            out.counter("whoasr_exporter_targets_file_errors", "", state.targets_file_errors_total)
         return "".join(render_families([out.joined()], openmetrics, EXPORTER_FAMILIES))
 
 
@@ -276,6 +284,11 @@ EXPORTER_FAMILIES = [Family(*spec) for spec in (
     ("whoasr_exporter_config_last_reload_success_timestamp_seconds", "gauge",
      "When the config was last loaded successfully."),
     ("whoasr_exporter_scheduler_lag_seconds", "histogram", "How late scheduled runs started compared to their due time."),
+    ("whoasr_exporter_targets", "gauge", "Targets this exporter probes (after sharding), by source: config or files."),
+    ("whoasr_exporter_shard_info", "gauge", "1; this exporter's shard and the number of shards (0/1: not sharded)."),
+    ("whoasr_exporter_targets_files_last_read_successful", "gauge",
+     "1 if every targets file was valid when last read (a bad one keeps its last good targets)."),
+    ("whoasr_exporter_targets_file_errors", "counter", "Targets files that could not be read or parsed."),
 )]
 
 

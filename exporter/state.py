@@ -127,6 +127,10 @@ class ExporterState:
         self.config_reload_successful: Optional[bool] = None
         self.config_reload_success_timestamp: Optional[float] = None
         self.scheduler_lag = Histogram(SCHEDULER_LAG_BUCKETS)
+        self.targets_by_source: dict[str, int] = {}  # targets probed here, by where they came from
+        self.shard: tuple[int, int] = (0, 1)
+        self.targets_file_errors_total = 0
+        self.targets_files_last_read_ok: Optional[bool] = None  # None: no targets_files configured
         self.probe_buckets = with_thresholds(PROBE_DURATION_BUCKETS, response_time_seconds)
         self.stream_buckets = with_thresholds(STREAM_BUCKETS, stream_first_result_seconds)
 
@@ -255,6 +259,14 @@ class ExporterState:
         else:
             self._probe(target, kind).skipped_total += 1
             self._changed(target_name, kind)
+
+    def record_targets(self, by_source: dict[str, int], shard: tuple[int, int]) -> None:
+        self.targets_by_source = dict(by_source)
+        self.shard = shard
+
+    def record_targets_files(self, errors_total: int, last_read_ok: Optional[bool]) -> None:
+        self.targets_file_errors_total = errors_total
+        self.targets_files_last_read_ok = last_read_ok
 
     def record_reload(self, success: bool) -> None:
         self.config_reload_successful = success
