@@ -15,6 +15,7 @@ from aiohttp import web
 
 from exporter import __version__, probe_endpoint, websecurity
 from exporter.client import public_url
+from exporter.config import TargetConfig
 from exporter.history import History
 from exporter.kinds import SCRAPE_KINDS
 from exporter.metrics import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Exposition, wants_openmetrics
@@ -24,6 +25,7 @@ from exporter.state import ExporterState
 class Exporter(probe_endpoint.ProbeSource, Protocol):
     """What the web server reads from the daemon."""
 
+    targets: tuple[TargetConfig, ...]  # what this exporter probes (configured, discovered, sharded)
     state: ExporterState
     history: History
     exposition: Exposition
@@ -113,7 +115,7 @@ async def landing_page(request: web.Request) -> web.Response:
     now = time.time()
     esc = html.escape
     rows = []
-    for target in daemon.config.targets:
+    for target in daemon.targets:
         state = daemon.state.targets.get(target.name)
         if state is None:
             continue
