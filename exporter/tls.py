@@ -6,10 +6,16 @@ refused) rather than an OpenSSL error code.
 from __future__ import annotations
 
 import ssl
-from typing import TYPE_CHECKING, Iterable, Optional
+from typing import Hashable, Iterable, Optional, Protocol
 
-if TYPE_CHECKING:
-    from exporter.config import TLSConfig
+
+class TLSConfig(Hashable, Protocol):
+    """What a context is made from: config.TLSConfig (not imported: the config imports this module)."""
+
+    ca_file: Optional[str]
+    cert_file: Optional[str]
+    key_file: Optional[str]
+    insecure_skip_verify: bool
 
 
 class TLSFileError(ValueError):
@@ -20,7 +26,7 @@ class TLSFileError(ValueError):
         self.field = field
 
 
-def client_context(tls: "TLSConfig") -> ssl.SSLContext:
+def client_context(tls: TLSConfig) -> ssl.SSLContext:
     """A fresh context from the files as they are now (so a reload picks up rotated certificates)."""
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -53,7 +59,7 @@ def client_context(tls: "TLSConfig") -> ssl.SSLContext:
     return context
 
 
-def contexts_for(configs: Iterable[Optional["TLSConfig"]]) -> dict["TLSConfig", ssl.SSLContext]:
+def contexts_for(configs: Iterable[Optional[TLSConfig]]) -> dict[TLSConfig, ssl.SSLContext]:
     """One context per distinct tls_config (a fleet behind one CA shares one), built from the files now."""
     return {tls: client_context(tls) for tls in set(configs) if tls is not None}
 
