@@ -53,9 +53,9 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from exporter import report
+    from exporter import report_cli
 
-    return report.run(args)
+    return report_cli.run(args)
 
 
 def build_parser(selected: Optional[str] = None) -> argparse.ArgumentParser:
@@ -100,7 +100,7 @@ def build_parser(selected: Optional[str] = None) -> argparse.ArgumentParser:
 
     report_cmd = commands.add_parser("report", help="summarise a period from Prometheus: uptime, resources, "
                                                     "models, probes, SLO budgets, alerts")
-    _add_lazy_arguments(report_cmd, "exporter.report", selected == "report")
+    _add_lazy_arguments(report_cmd, "exporter.report_cli", selected == "report")
     report_cmd.set_defaults(func=_cmd_report)
     return parser
 

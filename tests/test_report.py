@@ -9,8 +9,8 @@ import base64
 import pytest
 
 from exporter.prometheus_api import Series
-from exporter.report import (Queries, Report, SLOReport, TargetReport, UsageError, alert_episodes, auth_headers,
-                             parse_range, prometheus_url)
+from exporter.report import Queries, Report, SLOReport, TargetReport, alert_episodes
+from exporter.report_cli import UsageError, auth_headers, parse_range, prometheus_url
 from exporter.report_text import duration, sparkline
 
 
