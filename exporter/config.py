@@ -251,7 +251,6 @@ class VadProbe(_Strict):
 
 class TimestampProbe(_Strict):
     clip: str = "default"
-    allow_model_load: bool = False
 
 
 class StreamProbe(_Strict):
@@ -260,7 +259,6 @@ class StreamProbe(_Strict):
     pace: Literal["realtime", "fast"] = "realtime"
     client_id_prefix: str = Field(default="whoasr-exporter", pattern=r"^[A-Za-z0-9_.-]{1,40}$")
     max_cer: float = Field(default=0.2, ge=0, le=1)
-    allow_model_load: bool = False
 
 
 class StreamVadProbe(_Strict):
@@ -335,6 +333,9 @@ def _field_path(loc: tuple[Any, ...]) -> str:
 
 def _explain(error: dict[str, Any]) -> str:
     kind, message = error["type"], error["msg"]
+    if kind == "extra_forbidden" and error["loc"][-1] == "allow_model_load":
+        return ("allowed only under probes.batch and probes.punctuation, whose models whoAsr loads on demand; "
+                "this probe never loads a model: remove the key")
     if kind == "extra_forbidden":
         return "unknown key (check its spelling; see config.example.yaml for every key)"
     if kind == "missing":

@@ -139,13 +139,11 @@ class Daemon:
         return await scrape(client, kind, timeout, trace)
 
     async def probe_now(self, client: TargetClient, kind: str, timeout: float,
-                        trace: Optional[Trace] = None, cached_models: bool = True,
+                        trace: Optional[Trace] = None,
                         progress: Optional[Callable[[str], None]] = None) -> ProbeResult:
         settings = self.config.probes.for_kind(kind)
-        target_state = self.state.targets.get(client.name)
-        models = target_state.models_loaded() if (cached_models and target_state) else None
         async with self.gate(client.name).shared():
-            ctx = ProbeContext(client=client, settings=settings, timeout=timeout, models_loaded=models,
+            ctx = ProbeContext(client=client, settings=settings, timeout=timeout,
                                trace=trace or Trace(), progress=progress)
             clip_name = getattr(settings, "clip", None)
             if clip_name is not None:

@@ -174,7 +174,7 @@ async def run_modules(config: Config, target: TargetConfig, modules: list[str], 
                 scrape = await daemon.scrape_now(client, kind, budget, trace)
                 row = scrape_row(scrape, trace)
             else:
-                result = await daemon.probe_now(client, kind, budget, trace, cached_models=False,
+                result = await daemon.probe_now(client, kind, budget, trace,
                                                 progress=reporter.progress)
                 row = Row(result)
             reporter.done(row)

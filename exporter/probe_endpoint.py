@@ -161,7 +161,7 @@ class ProbeHandler:
                 if module in SCRAPE_KINDS:
                     return await self.daemon.scrape_now(client, module, budget, trace)
                 # Fresh model state (one cheap /model/info) rather than the scheduled scrape's.
-                return await self.daemon.probe_now(client, module, budget, trace, cached_models=False)
+                return await self.daemon.probe_now(client, module, budget, trace)
         except TimeoutError:
             trace(f"FAILED timeout at deadline: no result within the {budget:g}s budget")
             return ProbeResult(target=client.name, probe=module, success=False, started_at=started_at,
