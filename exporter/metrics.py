@@ -17,8 +17,8 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.utils import floatToGoString
 
 from exporter import __version__
-from exporter.probes import PROBE_MODELS
-from exporter.results import ProbeResult, ScrapeResult
+from exporter.kinds import KINDS, is_scrape
+from exporter.results import ProbeResult
 from exporter.state import ExporterState, Histogram, ProbeStats, TargetState
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -159,7 +159,7 @@ def target_state_lines(target: TargetState, target_labels: Optional[dict[str, st
     for kind in target.scheduled_probes:
         stats = target.probes.get(kind)
         if stats is None or stats.applicable:
-            out.add("whoasr_probe_info", f"{tl}{sep}{labels(probe=kind, model=PROBE_MODELS[kind])}", 1.0)
+            out.add("whoasr_probe_info", f"{tl}{sep}{labels(probe=kind, model=KINDS[kind].model)}", 1.0)
     return out
 
 
@@ -270,6 +270,14 @@ class Exposition:
             out.add("whoasr_exporter_config_last_reload_success_timestamp_seconds", "",
                     state.config_reload_success_timestamp)
         out.histogram("whoasr_exporter_scheduler_lag_seconds", "", state.scheduler_lag)
+        for source, count in sorted(state.targets_by_source.items()):
+            out.add("whoasr_exporter_targets", labels(source=source), count)
+        index, count = state.shard
+        out.add("whoasr_exporter_shard_info", labels(shard=str(index), shards=str(count)), 1.0)
+        if state.targets_files_last_read_ok is not None:
+            out.add("whoasr_exporter_targets_files_last_read_successful", "",
+                    1.0 if state.targets_files_last_read_ok else 0.0)
+            out.counter("whoasr_exporter_targets_file_errors", "", state.targets_file_errors_total)
         return "".join(render_families([out.joined()], openmetrics, EXPORTER_FAMILIES))
 
 
@@ -279,6 +287,11 @@ EXPORTER_FAMILIES = [Family(*spec) for spec in (
     ("whoasr_exporter_config_last_reload_success_timestamp_seconds", "gauge",
      "When the config was last loaded successfully."),
     ("whoasr_exporter_scheduler_lag_seconds", "histogram", "How late scheduled runs started compared to their due time."),
+    ("whoasr_exporter_targets", "gauge", "Targets this exporter probes (after sharding), by source: config or files."),
+    ("whoasr_exporter_shard_info", "gauge", "1; this exporter's shard and the number of shards (0/1: not sharded)."),
+    ("whoasr_exporter_targets_files_last_read_successful", "gauge",
+     "1 if every targets file was valid when last read (a bad one keeps its last good targets)."),
+    ("whoasr_exporter_targets_file_errors", "counter", "Targets files that could not be read or parsed."),
 )]
 
 
@@ -316,7 +329,7 @@ RESULT_FAMILIES = [Family(*spec) for spec in (
 )]
 
 
-def render_result(result: ProbeResult | ScrapeResult, openmetrics: bool = False) -> bytes:
+def render_result(result: ProbeResult, openmetrics: bool = False) -> bytes:
     out = Lines()
     applicable = getattr(result, "applicable", True)
     if applicable:
@@ -330,7 +343,7 @@ def render_result(result: ProbeResult | ScrapeResult, openmetrics: bool = False)
         out.add("whoasr_probe_http_status_code", "", result.http_status)
     sections = [out.joined()]
     families = list(RESULT_FAMILIES)
-    if isinstance(result, ScrapeResult):
+    if is_scrape(result.probe):
         state = ExporterState()
         state.set_targets({result.target: ()})
         state.record_scrape(result)

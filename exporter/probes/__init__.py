@@ -24,17 +24,6 @@ if TYPE_CHECKING:  # clips pull in numpy and libsndfile: loaded only once a prob
 
 log = structlog.get_logger("exporter.probes")
 
-# The model type each probe kind needs, and whether whoAsr would load it on demand (blocking the
-# whole server for minutes) if it is not loaded.
-PROBE_MODELS = {
-    "batch": "offline_asr",
-    "stream": "streaming_asr",
-    "punctuation": "punctuation",
-    "vad": "vad",
-    "timestamp": "timestamp",
-    "stream_vad": "vad",
-}
-LOADS_ON_DEMAND = frozenset({"batch", "punctuation"})
 GUARD_SECONDS = 2.0  # beyond its own timeout, how long a probe may take before it is cut off
 
 

@@ -16,29 +16,26 @@ from __future__ import annotations
 import time
 
 from exporter.health import parse_model_info
-from exporter.probes import LOADS_ON_DEMAND, PROBE_MODELS, ProbeContext
+from exporter.kinds import KINDS
+from exporter.probes import ProbeContext
 from exporter.results import Failure
-
-MODEL_INFO_PATH = "/model/info"
-
-
-def loads_on_demand(kind: str) -> bool:
-    return kind in LOADS_ON_DEMAND
 
 
 async def ensure_model_loaded(ctx: ProbeContext, kind: str) -> None:
     """Raises Failure (step model_check) unless `kind`'s model is loaded right now or loading it is allowed.
 
     A no-op for kinds whose requests cannot load a model."""
-    if not loads_on_demand(kind):
+    spec = KINDS[kind]
+    if not spec.loads_on_demand:
         return
-    model = PROBE_MODELS[kind]
+    model = spec.model
     if getattr(ctx.settings, "allow_model_load", False):
         ctx.trace(f"model check skipped: probes.{kind}.allow_model_load is true ({model} may be loaded on demand)")
         return
     began = time.monotonic()
     try:
-        _, document = await ctx.client.get_json(MODEL_INFO_PATH, ctx.remaining(), ctx.trace)
+        path = await ctx.client.path("model_info", ctx.remaining(), ctx.trace)
+        _, document = await ctx.client.get_json(path, ctx.remaining(), ctx.trace)
         loaded = parse_model_info(document).models_loaded.get(model)
     except Failure as failure:
         raise Failure(failure.reason, f"cannot read the model state ({failure.detail}); not sending the request, "
@@ -49,7 +46,7 @@ async def ensure_model_loaded(ctx: ProbeContext, kind: str) -> None:
     ctx.trace(f"model check: {model} {'loaded' if loaded else 'not loaded' if loaded is False else 'not listed'} "
               f"({(time.monotonic() - began) * 1000:.1f} ms, not counted in the run's duration)")
     if loaded is None:
-        raise Failure("bad_response", f"{MODEL_INFO_PATH} does not list {model}; not sending the request, since "
+        raise Failure("bad_response", f"/model/info does not list {model}; not sending the request, since "
                       "whoAsr might load it on demand", step="model_check")
     if not loaded:
         raise Failure(
