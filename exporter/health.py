@@ -24,7 +24,10 @@ def number(value: Any) -> Optional[float]:
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
-        result = float(value)
+        try:
+            result = float(value)
+        except OverflowError:  # an integer beyond float range: JSON allows thousands of digits
+            return None
     elif isinstance(value, str):
         try:
             result = float(value.strip())

@@ -270,6 +270,8 @@ class Exposition:
             out.add("whoasr_exporter_config_last_reload_success_timestamp_seconds", "",
                     state.config_reload_success_timestamp)
         out.histogram("whoasr_exporter_scheduler_lag_seconds", "", state.scheduler_lag)
+        for stage, count in sorted(state.internal_errors.counts.items()):  # from 0: the stages are a closed set
+            out.counter("whoasr_exporter_internal_errors", labels(stage=stage), count)
         for source, count in sorted(state.targets_by_source.items()):
             out.add("whoasr_exporter_targets", labels(source=source), count)
         index, count = state.shard
@@ -287,6 +289,8 @@ EXPORTER_FAMILIES = [Family(*spec) for spec in (
     ("whoasr_exporter_config_last_reload_success_timestamp_seconds", "gauge",
      "When the config was last loaded successfully."),
     ("whoasr_exporter_scheduler_lag_seconds", "histogram", "How late scheduled runs started compared to their due time."),
+    ("whoasr_exporter_internal_errors", "counter",
+     "Bugs of the exporter by stage (scrape, probe, record, scheduler); each such run ended as a failure."),
     ("whoasr_exporter_targets", "gauge", "Targets this exporter probes (after sharding), by source: config or files."),
     ("whoasr_exporter_shard_info", "gauge", "1; this exporter's shard and the number of shards (0/1: not sharded)."),
     ("whoasr_exporter_targets_files_last_read_successful", "gauge",

@@ -6,11 +6,13 @@ off the event loop, and hands the probe the model state it last knew.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Callable, Mapping, Optional
 
 from exporter.client import TargetClient
 from exporter.config import Config
 from exporter.gate import TargetGate
+from exporter.internal_errors import InternalErrors
 from exporter.kinds import is_scrape
 from exporter.probes import ProbeContext, failed, run_probe
 from exporter.results import Failure, ProbeResult, Trace
@@ -24,9 +26,11 @@ def no_model_state(target: str) -> None:
 
 
 class Runner:
-    def __init__(self, config: Config, model_state: ModelState = no_model_state):
+    def __init__(self, config: Config, model_state: ModelState = no_model_state,
+                 errors: Optional[InternalErrors] = None):
         self.config = config  # replaced on reload
         self.model_state = model_state
+        self.errors = errors or InternalErrors()
         self.gates: dict[str, TargetGate] = {}
 
     def gate(self, target: str) -> TargetGate:
@@ -37,7 +41,20 @@ class Runner:
 
     async def run(self, client: TargetClient, kind: str, timeout: float, trace: Optional[Trace] = None,
                   cached_models: bool = True, progress: Optional[Callable[[str], None]] = None) -> ProbeResult:
-        """A scrape or a probe; `cached_models=False` makes a probe read the model state afresh."""
+        """A scrape or a probe, always ending in a result: a bug on the way becomes a failed run (counted
+        and logged by `errors`). `cached_models=False` makes a probe read the model state afresh."""
+        started, started_at = time.monotonic(), time.time()
+        try:
+            return await self._run(client, kind, timeout, trace, cached_models, progress)
+        except Exception as exc:  # noqa: BLE001 - a bug must not leave the run without a result
+            stage = "scrape" if is_scrape(kind) else "probe"
+            detail = self.errors.report(stage, exc, client.name, kind)
+            return ProbeResult(target=client.name, probe=kind, success=False, started_at=started_at,
+                               duration_seconds=time.monotonic() - started, reason="bad_response",
+                               detail=detail, step="internal", trace=trace.lines if trace is not None else [])
+
+    async def _run(self, client: TargetClient, kind: str, timeout: float, trace: Optional[Trace],
+                   cached_models: bool, progress: Optional[Callable[[str], None]]) -> ProbeResult:
         if is_scrape(kind):
             if kind == "health":
                 async with self.gate(client.name).exclusive():
@@ -47,7 +64,7 @@ class Runner:
         models = self.model_state(client.name) if cached_models else None
         async with self.gate(client.name).shared():
             ctx = ProbeContext(client=client, settings=settings, timeout=timeout, models_loaded=models,
-                               trace=trace or Trace(), progress=progress)
+                               trace=trace or Trace(), progress=progress, errors=self.errors)
             clip_name = getattr(settings, "clip", None)
             if clip_name is not None:
                 from exporter.clips import ClipError, load_clip  # numpy and libsndfile: only once needed

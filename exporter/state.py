@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
+from exporter.internal_errors import InternalErrors
 from exporter.kinds import KINDS, is_scrape
 from exporter.results import HealthState, ModelInfoState, ProbeResult
 
@@ -134,6 +135,7 @@ class ExporterState:
         self.config_reload_successful: Optional[bool] = None
         self.config_reload_success_timestamp: Optional[float] = None
         self.scheduler_lag = Histogram(SCHEDULER_LAG_BUCKETS)
+        self.internal_errors = InternalErrors()  # the exporter's own bugs, by stage
         self.targets_by_source: dict[str, int] = {}  # targets probed here, by where they came from
         self.shard: tuple[int, int] = (0, 1)
         self.targets_file_errors_total = 0
