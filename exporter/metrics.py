@@ -43,6 +43,8 @@ FAMILIES = [Family(*spec) for spec in (
     ("whoasr_scrape_duration_seconds", "gauge", "How long the last scrape of the endpoint took."),
     ("whoasr_scrape_errors", "counter", "Failed scrapes by reason."),
     ("whoasr_scrape_skipped", "counter", "Scrapes not started because the previous one was still running."),
+    ("whoasr_scrape_dropped_models", "counter",
+     "Model names in answers not made label values: beyond whoAsr's model types and 16 other names per target."),
     ("whoasr_last_scrape_timestamp_seconds", "gauge", "When the last scrape of the endpoint finished."),
     ("whoasr_info", "gauge", "1; the detected API generation and the server's version."),
     ("whoasr_model_loaded", "gauge", "1 if the model type is loaded, 0 if not."),
@@ -129,11 +131,12 @@ def target_state_lines(target: TargetState, target_labels: Optional[dict[str, st
         for reason, count in sorted(state.errors.items()):
             out.counter("whoasr_scrape_errors", f"{el},{labels(reason=reason)}", count)
         out.counter("whoasr_scrape_skipped", el, state.skipped_total)  # from 0: its label set is known
+        if state.dropped_models_total:
+            out.counter("whoasr_scrape_dropped_models", el, state.dropped_models_total)
     if target.up is not None:
         out.add("whoasr_up", tl, 1.0 if target.up else 0.0)
     if target.api:
-        version = target.health.version if target.health and target.health.version else ""
-        out.add("whoasr_info", f"{tl}{sep}{labels(api=target.api, version=version)}", 1.0)
+        out.add("whoasr_info", f"{tl}{sep}{labels(api=target.api, version=target.version or '')}", 1.0)
     for model, is_loaded in sorted((target.models_loaded() or {}).items()):
         out.add("whoasr_model_loaded", f"{tl}{sep}{labels(model=model)}", 1.0 if is_loaded else 0.0)
     if (count := target.total_loaded()) is not None:

@@ -145,6 +145,7 @@ class ProbeResult:
     trace: list[str] = field(default_factory=list)
     # scrapes (health, model_info): the detected API generation and what the server said
     api: Optional[str] = None
+    version: Optional[str] = None
     health: Optional[HealthState] = None
     model_info: Optional[ModelInfoState] = None
 
