@@ -318,32 +318,34 @@ def process_registry() -> CollectorRegistry:
 # --- one on-demand run (/probe) -------------------------------------------------------------------
 # Gauges only (a single run has no history to count) and no target label: Prometheus adds it by
 # relabelling, as for blackbox_exporter. A scrape module answers with the scheduled target-state names.
+# One name has one type everywhere: where /metrics has a counter or histogram of a measure (duration,
+# audio, stream timings), the gauge of one run is `*_run_*`, so both can live in one Prometheus.
 RESULT_FAMILIES = [Family(*spec) for spec in (
     ("whoasr_probe_success", "gauge", "1 if the run passed every check."),
-    ("whoasr_probe_duration_seconds", "gauge", "Wall time of the run, end to end."),
+    ("whoasr_probe_run_duration_seconds", "gauge", "Wall time of the run, end to end."),
     ("whoasr_probe_failure_info", "gauge", "1, with the reason the run failed."),
     ("whoasr_probe_applicable", "gauge", "0: this probe does not apply to the target (no success series then)."),
     ("whoasr_probe_http_status_code", "gauge", "HTTP status of the answer."),
-    ("whoasr_probe_audio_seconds", "gauge", "Audio sent in the run."),
-    ("whoasr_probe_processing_seconds", "gauge", "Server-side time spent on that audio."),
+    ("whoasr_probe_run_audio_seconds", "gauge", "Audio sent in the run."),
+    ("whoasr_probe_run_processing_seconds", "gauge", "Server-side time spent on that audio."),
     ("whoasr_probe_real_time_factor", "gauge", "Processing time / audio duration."),
     ("whoasr_probe_character_error_rate", "gauge", "Character error rate of the transcript."),
-    ("whoasr_stream_connect_seconds", "gauge", "TCP + WebSocket handshake."),
-    ("whoasr_stream_first_result_seconds", "gauge", "Start of speech -> first recognition_result."),
-    ("whoasr_stream_result_lag_seconds", "gauge", "The largest result lag of the run (see the histogram's help)."),
-    ("whoasr_stream_final_result_seconds", "gauge", "stop_recording sent -> end of session."),
-    ("whoasr_stream_partial_results", "gauge", "Partial results received."),
+    ("whoasr_stream_run_connect_seconds", "gauge", "TCP + WebSocket handshake."),
+    ("whoasr_stream_run_first_result_seconds", "gauge", "Start of speech -> first recognition_result."),
+    ("whoasr_stream_run_result_lag_seconds", "gauge",
+     "The largest result lag of the run (see whoasr_stream_result_lag_seconds' help)."),
+    ("whoasr_stream_run_final_result_seconds", "gauge", "stop_recording sent -> end of session."),
+    ("whoasr_stream_run_partial_results", "gauge", "Partial results received."),
 )]
 
 
 def render_result(result: ProbeResult, openmetrics: bool = False) -> bytes:
     out = Lines()
-    applicable = getattr(result, "applicable", True)
-    if applicable:
+    if result.applicable:
         out.add("whoasr_probe_success", "", 1.0 if result.success else 0.0)
     else:
         out.add("whoasr_probe_applicable", "", 0.0)
-    out.add("whoasr_probe_duration_seconds", "", result.duration_seconds)
+    out.add("whoasr_probe_run_duration_seconds", "", result.duration_seconds)
     if result.reason:
         out.add("whoasr_probe_failure_info", labels(reason=result.reason), 1.0)
     if result.http_status is not None:
@@ -358,8 +360,8 @@ def render_result(result: ProbeResult, openmetrics: bool = False) -> bytes:
         families += [f for f in FAMILIES if f.name not in {r.name for r in RESULT_FAMILIES}]
     else:
         for family, value in (
-            ("whoasr_probe_audio_seconds", result.audio_seconds),
-            ("whoasr_probe_processing_seconds", result.processing_seconds),
+            ("whoasr_probe_run_audio_seconds", result.audio_seconds),
+            ("whoasr_probe_run_processing_seconds", result.processing_seconds),
             ("whoasr_probe_real_time_factor", result.real_time_factor),
             ("whoasr_probe_character_error_rate", result.cer),
         ):
@@ -367,11 +369,11 @@ def render_result(result: ProbeResult, openmetrics: bool = False) -> bytes:
                 out.add(family, "", value)
         if result.stream is not None:
             for family, value in (
-                ("whoasr_stream_connect_seconds", result.stream.connect_seconds),
-                ("whoasr_stream_first_result_seconds", result.stream.first_result_seconds),
-                ("whoasr_stream_result_lag_seconds", max(result.stream.result_lags, default=None)),
-                ("whoasr_stream_final_result_seconds", result.stream.final_result_seconds),
-                ("whoasr_stream_partial_results", float(result.stream.partial_results)),
+                ("whoasr_stream_run_connect_seconds", result.stream.connect_seconds),
+                ("whoasr_stream_run_first_result_seconds", result.stream.first_result_seconds),
+                ("whoasr_stream_run_result_lag_seconds", max(result.stream.result_lags, default=None)),
+                ("whoasr_stream_run_final_result_seconds", result.stream.final_result_seconds),
+                ("whoasr_stream_run_partial_results", float(result.stream.partial_results)),
             ):
                 if value is not None:
                     out.add(family, "", value)
