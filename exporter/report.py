@@ -241,6 +241,11 @@ class TargetReport:
         return self.up_ratio is not None and objective is not None and self.up_ratio < objective
 
     @property
+    def has_data(self) -> bool:
+        return bool(self.up_ratio is not None or self.models or self.probes or self.slos
+                    or any(v is not None for stats in self.resources.values() for v in stats.values()))
+
+    @property
     def worst_success_ratio(self) -> Optional[float]:
         ratios = [p.success_ratio for p in self.probes.values() if p.success_ratio is not None]
         return min(ratios) if ratios else None

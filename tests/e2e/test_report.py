@@ -49,8 +49,10 @@ def _auth() -> dict[str, str]:
 
 
 class ReportStack:
-    def __init__(self, tmp: Path, prometheus: str, exporter: str, sims: dict[str, str]):
+    def __init__(self, tmp: Path, prometheus: str, exporter: str, sims: dict[str, str],
+                 sim_procs: dict[str, ManagedProcess]):
         self.tmp, self.prometheus, self.exporter, self.sims = tmp, prometheus, exporter, sims
+        self.sim_procs = sim_procs
         (tmp / "password").write_text(PASSWORD + "\n")
         self.password_file = tmp / "password"
 
@@ -138,12 +140,13 @@ def report_stack(binaries, launched, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
     mine: list[ManagedProcess] = []
     try:
-        sims = {}
+        sims, sim_procs = {}, {}
         for name, api, extra in (("asr-sched", "v2", ("--health-schema", "documented")), ("asr-ok", "v1", ()),
                                  (MULTI, "v2", ())):
             proc, sims[name] = start_simulator(tmp, api, *extra, name=name)
             launched.append(proc)
             mine.append(proc)
+            sim_procs[name] = proc
         # The faults are there from the first run on, so every punctuation run of these two fails.
         for name in ("asr-sched", MULTI):
             sim_fault(sims[name], "punctuation", model_exception=True)
@@ -172,7 +175,7 @@ def report_stack(binaries, launched, tmp_path_factory):
                                       f"--storage.tsdb.path={tmp / 'prometheus-data'}",
                                       f"--web.listen-address={LOOPBACK}:{prom_port}"],
                            tmp / "prometheus.log", prometheus + "/-/ready", "prometheus", headers=_auth()))
-        stack = ReportStack(tmp, prometheus, exporter, sims)
+        stack = ReportStack(tmp, prometheus, exporter, sims, sim_procs)
         _wait_for_data(stack)
         yield stack
     finally:
@@ -329,11 +332,13 @@ def test_table_worst_first_with_sparklines(report_stack):
 
 def test_markdown(report_stack):
     done = report_stack.report("--prometheus", report_stack.prometheus, "--range", REPORT_RANGE,
-                               "--format", "markdown", "--target", "asr-ok")
+                               "--format", "markdown", "--target", "asr-ok", "no-such-target")
     assert done.returncode == 0, done.stderr
+    assert done.stderr == "whoasr-exporter report: no data for target 'no-such-target' in this range\n"
     lines = done.stdout.splitlines()
     assert lines[0].startswith("# whoAsr report: last 10m")
     assert "## asr-ok" in lines and "## asr-sched" not in lines
+    assert "## no-such-target" in lines and "- up: -" in lines
     rows = [line for line in lines if line.startswith("| punctuation |")]
     assert len(rows) == 1 and "| 100.0% |" in rows[0], rows
     assert "**Result:** every SLO within budget" in lines
@@ -376,3 +381,20 @@ def test_rejected_query_is_one_line_error(report_stack):
         asyncio.run(ask())
     message = str(caught.value)
     assert "rejected a query (bad_data" in message and "\n" not in message
+
+
+# --- exit 1 for downtime: last, since it stops a simulator -----------------------------------------------
+def test_target_down_longer_than_its_objective_allows_exits_1(report_stack):
+    report_stack.sim_procs["asr-ok"].stop()
+    up = 'whoasr_up{target="asr-ok"}[10m]'
+    zeros = f"count_over_time({up}) - sum_over_time({up})"
+    wait_until(lambda: (report_stack.value(zeros) or 0) >= 3, timeout=30, interval=0.5,
+               what="three samples of asr-ok's whoasr_up at 0 in Prometheus")
+    code, document = report_stack.json_report("--target", "asr-ok")
+    ok = _target(document, "asr-ok")
+    assert ok["up_ratio"] < 0.99
+    assert code == 1
+    done = report_stack.report("--prometheus", report_stack.prometheus, "--range", REPORT_RANGE, "--target", "asr-ok")
+    assert done.returncode == 1
+    assert "asr-ok was up" in done.stderr and "below its availability objective 99.00%" in done.stderr, done.stderr
+    assert "(down longer than its availability objective allows)" in done.stdout
