@@ -365,6 +365,9 @@ def _field_path(loc: tuple[Any, ...]) -> str:
 
 def _explain(error: dict[str, Any]) -> str:
     kind, message = error["type"], error["msg"]
+    if kind == "extra_forbidden" and error["loc"][-1] == "allow_model_load":
+        return ("allowed only under probes.batch and probes.punctuation, whose models whoAsr loads on demand; "
+                "this probe never loads a model: remove the key")
     if kind == "extra_forbidden":
         return "unknown key (check its spelling; see config.example.yaml for every key)"
     if kind == "missing":

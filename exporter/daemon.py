@@ -12,7 +12,7 @@ import gc
 import signal
 import ssl
 import sys
-from typing import Mapping, Optional
+from typing import Optional
 
 import aiohttp
 import structlog
@@ -51,7 +51,7 @@ class Daemon:
         self.session: Optional[aiohttp.ClientSession] = None
         self.clients: dict[str, TargetClient] = {}
         self.tls_contexts: dict[TLSConfig, ssl.SSLContext] = {}  # one per distinct targets[].tls_config
-        self.runner = Runner(config, self.cached_models)
+        self.runner = Runner(config)
         self.sinks: list[Sink] = [self.state, self.history, LogSink()]  # where every scheduled result goes
         self.scheduler = Scheduler(self.run_job, self.state.record_skip, self.state.scheduler_lag.observe)
         self.ready = False
@@ -191,10 +191,6 @@ class Daemon:
             return
         deliver(await self.runner.run(client, kind, timeout), self.sinks)
 
-    def cached_models(self, target: str) -> Optional[Mapping[str, bool]]:
-        """The model state the scheduled scrapes last read (Runner's model state)."""
-        target_state = self.state.targets.get(target)
-        return target_state.models_loaded() if target_state else None
 
 
 def settings_needing_restart(old: Config, new: Config) -> list[str]:

@@ -202,7 +202,7 @@ async def run_modules(config: Config, target: TargetConfig, modules: list[str], 
         for kind in modules:
             budget = timeout or config.schedules.for_kind(kind).timeout
             trace = reporter.start(kind)
-            result = await runner.run(client, kind, budget, trace, cached_models=False, progress=reporter.progress)
+            result = await runner.run(client, kind, budget, trace, progress=reporter.progress)
             deliver(result, sinks)
     finally:
         await session.close()
