@@ -1,13 +1,14 @@
 """One run of one kind against one target, to a result: what scheduled runs, `/probe` and the probe CLI
 share. It keeps `/health` apart from the probes of the same target (the gate), loads the probe's clip
-off the event loop, and hands the probe the model state it last knew.
+off the event loop. No model state is handed down: a probe whose request could load a model reads
+the state afresh itself (probes/model_check.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Callable, Mapping, Optional
+from typing import Callable, Optional
 
 from exporter.client import TargetClient
 from exporter.config import Config
@@ -18,18 +19,9 @@ from exporter.probes import ProbeContext, failed, run_probe
 from exporter.results import Failure, ProbeResult, Trace
 from exporter.scrape import scrape
 
-ModelState = Callable[[str], Optional[Mapping[str, bool]]]  # target name -> last known loaded flags
-
-
-def no_model_state(target: str) -> None:
-    return None
-
-
 class Runner:
-    def __init__(self, config: Config, model_state: ModelState = no_model_state,
-                 errors: Optional[InternalErrors] = None):
+    def __init__(self, config: Config, errors: Optional[InternalErrors] = None):
         self.config = config  # replaced on reload
-        self.model_state = model_state
         self.errors = errors or InternalErrors()
         self.gates: dict[str, TargetGate] = {}
 
@@ -40,12 +32,12 @@ class Runner:
         self.gates = {name: gate for name, gate in self.gates.items() if name in targets}
 
     async def run(self, client: TargetClient, kind: str, timeout: float, trace: Optional[Trace] = None,
-                  cached_models: bool = True, progress: Optional[Callable[[str], None]] = None) -> ProbeResult:
+                  progress: Optional[Callable[[str], None]] = None) -> ProbeResult:
         """A scrape or a probe, always ending in a result: a bug on the way becomes a failed run (counted
-        and logged by `errors`). `cached_models=False` makes a probe read the model state afresh."""
+        and logged by `errors`)."""
         started, started_at = time.monotonic(), time.time()
         try:
-            return await self._run(client, kind, timeout, trace, cached_models, progress)
+            return await self._run(client, kind, timeout, trace, progress)
         except Exception as exc:  # noqa: BLE001 - a bug must not leave the run without a result
             stage = "scrape" if is_scrape(kind) else "probe"
             detail = self.errors.report(stage, exc, client.name, kind)
@@ -54,16 +46,15 @@ class Runner:
                                detail=detail, step="internal", trace=trace.lines if trace is not None else [])
 
     async def _run(self, client: TargetClient, kind: str, timeout: float, trace: Optional[Trace],
-                   cached_models: bool, progress: Optional[Callable[[str], None]]) -> ProbeResult:
+                   progress: Optional[Callable[[str], None]]) -> ProbeResult:
         if is_scrape(kind):
             if kind == "health":
                 async with self.gate(client.name).exclusive():
                     return await scrape(client, kind, timeout, trace)
             return await scrape(client, kind, timeout, trace)
         settings = self.config.probes.for_kind(kind)
-        models = self.model_state(client.name) if cached_models else None
         async with self.gate(client.name).shared():
-            ctx = ProbeContext(client=client, settings=settings, timeout=timeout, models_loaded=models,
+            ctx = ProbeContext(client=client, settings=settings, timeout=timeout,
                                trace=trace or Trace(), progress=progress, errors=self.errors)
             clip_name = getattr(settings, "clip", None)
             if clip_name is not None:
