@@ -1,4 +1,4 @@
-"""`whoasr-exporter` command line: serve, check-config, simulate, demo, probe, render.
+"""`whoasr-exporter` command line: serve, check-config, simulate, demo, probe, render, capacity.
 
 Exit codes: 0 success, 1 a probe or the run failed, 2 usage or config errors.
 """
@@ -52,6 +52,12 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     return probe_cli.run(args)
 
 
+def _cmd_capacity(args: argparse.Namespace) -> int:
+    from exporter import capacity_cli
+
+    return capacity_cli.run(args)
+
+
 def build_parser(selected: Optional[str] = None) -> argparse.ArgumentParser:
     """The parser; `selected` names the subcommand whose own module is imported for its arguments."""
     parser = argparse.ArgumentParser(
@@ -89,6 +95,10 @@ def build_parser(selected: Optional[str] = None) -> argparse.ArgumentParser:
     probe = commands.add_parser("probe", help="run probes once against a target and print the results")
     _add_lazy_arguments(probe, "exporter.probe_cli", selected == "probe")
     probe.set_defaults(func=_cmd_probe)
+
+    capacity = commands.add_parser("capacity", help="find how many concurrent real-time streams a target serves")
+    _add_lazy_arguments(capacity, "exporter.capacity_cli", selected == "capacity")
+    capacity.set_defaults(func=_cmd_capacity)
     return parser
 
 
