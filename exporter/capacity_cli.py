@@ -27,6 +27,7 @@ from exporter.probe_cli import UsageError, config_and_target, shown_target
 from exporter.results import Failure
 
 MAX_STREAMS = 1000
+DEFAULT_STEP = 4
 MAX_HOLD_SECONDS = 3600.0
 PREFLIGHT_SECONDS = 5.0
 PROGRESS_SECONDS = 1.0  # a terminal's status line is rewritten this often
@@ -41,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="exporter config: target, probes.stream settings, schedules.stream.timeout, thresholds")
     parser.add_argument("--max-streams", type=_count, default=64, metavar="N",
                         help="the highest level: concurrent sessions (default 64)")
-    parser.add_argument("--step", type=_count, default=4, metavar="K", help="levels K, 2K, ... N (default 4)")
+    parser.add_argument("--step", type=_count, metavar="K",
+                        help="levels K, 2K, ... N (default 4, or N if that is less)")
     parser.add_argument("--hold", type=_duration, default=30.0, metavar="DURATION",
                         help="how long each level runs, like 30s or 2m (default 30s)")
     parser.add_argument("--clip", metavar="PATH", help="audio file to stream instead of the configured clip")
@@ -111,11 +113,12 @@ def run(args: argparse.Namespace) -> int:
 
 def prepare(args: argparse.Namespace) -> tuple[Config, TargetConfig, Plan]:
     config, target = config_and_target(args)
-    if args.step > args.max_streams:
-        raise UsageError(f"--step {args.step} is above --max-streams {args.max_streams}")
+    step = args.step or min(DEFAULT_STEP, args.max_streams)
+    if step > args.max_streams:
+        raise UsageError(f"--step {step} is above --max-streams {args.max_streams}")
     slo = Slo(result_lag_seconds=args.slo_lag,
               first_result_seconds=args.slo_first_result or config.thresholds.stream_first_result_seconds)
-    plan = Plan(levels=levels(args.step, args.max_streams), hold_seconds=args.hold,
+    plan = Plan(levels=levels(step, args.max_streams), hold_seconds=args.hold,
                 session_timeout=config.schedules.stream.timeout, slo=slo)
     return config, target, plan
 
