@@ -74,7 +74,9 @@ FAMILIES = [Family(*spec) for spec in (
     ("whoasr_probe_character_error_rate", "gauge", "Character error rate of the last run."),
     # the voice path
     ("whoasr_stream_connect_seconds", "histogram", "TCP + WebSocket handshake."),
-    ("whoasr_stream_first_result_seconds", "histogram", "First audio frame sent -> first recognition_result."),
+    ("whoasr_stream_first_result_seconds", "histogram", "Start of speech -> first recognition_result."),
+    ("whoasr_stream_result_lag_seconds", "histogram",
+     "Per result: arrival minus the instant the audio it was computed from had been fully spoken."),
     ("whoasr_stream_final_result_seconds", "histogram", "stop_recording sent -> end of session."),
     ("whoasr_stream_partial_results", "counter", "Partial results received."),
 )]
@@ -191,6 +193,7 @@ def probe_lines(target_name: str, kind: str, stats: ProbeStats) -> Lines:
         tl = labels(target=target_name)
         out.histogram("whoasr_stream_connect_seconds", tl, stats.stream.connect)
         out.histogram("whoasr_stream_first_result_seconds", tl, stats.stream.first_result)
+        out.histogram("whoasr_stream_result_lag_seconds", tl, stats.stream.result_lag)
         out.histogram("whoasr_stream_final_result_seconds", tl, stats.stream.final_result)
         out.counter("whoasr_stream_partial_results", tl, stats.stream.partial_results_total)
     return out
@@ -306,7 +309,8 @@ RESULT_FAMILIES = [Family(*spec) for spec in (
     ("whoasr_probe_real_time_factor", "gauge", "Processing time / audio duration."),
     ("whoasr_probe_character_error_rate", "gauge", "Character error rate of the transcript."),
     ("whoasr_stream_connect_seconds", "gauge", "TCP + WebSocket handshake."),
-    ("whoasr_stream_first_result_seconds", "gauge", "First audio frame sent -> first recognition_result."),
+    ("whoasr_stream_first_result_seconds", "gauge", "Start of speech -> first recognition_result."),
+    ("whoasr_stream_result_lag_seconds", "gauge", "The largest result lag of the run (see the histogram's help)."),
     ("whoasr_stream_final_result_seconds", "gauge", "stop_recording sent -> end of session."),
     ("whoasr_stream_partial_results", "gauge", "Partial results received."),
 )]
@@ -345,6 +349,7 @@ def render_result(result: ProbeResult | ScrapeResult, openmetrics: bool = False)
             for family, value in (
                 ("whoasr_stream_connect_seconds", result.stream.connect_seconds),
                 ("whoasr_stream_first_result_seconds", result.stream.first_result_seconds),
+                ("whoasr_stream_result_lag_seconds", max(result.stream.result_lags, default=None)),
                 ("whoasr_stream_final_result_seconds", result.stream.final_result_seconds),
                 ("whoasr_stream_partial_results", float(result.stream.partial_results)),
             ):

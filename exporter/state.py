@@ -69,7 +69,13 @@ class StreamStats:
     connect: Histogram
     first_result: Histogram
     final_result: Histogram
+    result_lag: Histogram
     partial_results_total: int = 0
+
+    @classmethod
+    def empty(cls, buckets: tuple[float, ...], partial_results_total: int = 0) -> "StreamStats":
+        return cls(Histogram(buckets), Histogram(buckets), Histogram(buckets), Histogram(buckets),
+                   partial_results_total)
 
 
 @dataclass
@@ -143,8 +149,7 @@ class ExporterState:
             for stats in target.probes.values():
                 stats.duration = Histogram(probe_buckets)
                 if stats.stream is not None:
-                    stats.stream = StreamStats(Histogram(stream_buckets), Histogram(stream_buckets),
-                                               Histogram(stream_buckets), stats.stream.partial_results_total)
+                    stats.stream = StreamStats.empty(stream_buckets, stats.stream.partial_results_total)
             self._changed(target.name, None)
 
     def _changed(self, target: str, section: Optional[str]) -> None:
@@ -174,8 +179,7 @@ class ExporterState:
         if stats is None:
             stats = ProbeStats(duration=Histogram(self.probe_buckets))
             if kind in ("stream",):
-                stats.stream = StreamStats(Histogram(self.stream_buckets), Histogram(self.stream_buckets),
-                                           Histogram(self.stream_buckets))
+                stats.stream = StreamStats.empty(self.stream_buckets)
             target.probes[kind] = stats
         return stats
 
@@ -243,6 +247,8 @@ class ExporterState:
                 stats.stream.first_result.observe(timings.first_result_seconds)
             if timings.final_result_seconds is not None:
                 stats.stream.final_result.observe(timings.final_result_seconds)
+            for lag in timings.result_lags:
+                stats.stream.result_lag.observe(lag)
             stats.stream.partial_results_total += timings.partial_results
 
     def record_skip(self, target_name: str, kind: str) -> None:

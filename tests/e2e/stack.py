@@ -41,8 +41,9 @@ def expected_probes(target: str) -> tuple[str, ...]:
     return tuple(k for k in PROBE_KINDS if k not in NOT_APPLICABLE.get(target, ()))
 
 
-# Short intervals and `for:` durations so every alert can fire within seconds; the stream probe runs
-# `pace: fast` because its latency is not under test and a real-time run alone would exceed 1 s.
+# Short intervals and `for:` durations so every alert can fire within seconds; the stream probe streams
+# a 0.8 s clip paced like a microphone (the built-in 5.2 s one would outlast its 2 s interval), so that
+# first-result and result-lag series are the real-time ones.
 # FOR_LONG must outlast a Prometheus start: it takes ~5 s (discovery's update throttle) to scrape its
 # static targets, and until then WhoasrTargetMissing's absent(whoasr_up{...}) holds for every target.
 RESPONSE_TIME_SECONDS = 1.0
@@ -150,8 +151,25 @@ class Stack:
         sim.proc = proc
 
 
-def exporter_config(simulators: dict[str, Simulator], port: int) -> dict:
+SHORT_CLIP_SECONDS = 0.8  # one 600 ms stride and a final rest: one partial and one final result
+
+
+def write_short_clip(directory: Path) -> Path:
+    """The first SHORT_CLIP_SECONDS of the built-in clip. The simulator's model says the rest of the
+    transcript in its final result, so the built-in transcript still applies."""
+    import soundfile
+
+    from exporter.clips import SAMPLE_RATE, builtin_clip
+
+    path = directory / "short.wav"
+    soundfile.write(path, builtin_clip().samples[:int(SHORT_CLIP_SECONDS * SAMPLE_RATE)], SAMPLE_RATE)
+    return path
+
+
+def exporter_config(simulators: dict[str, Simulator], port: int, short_clip: Path) -> dict:
     """The exporter config the stack runs, and the one the rules and dashboards are rendered from."""
+    from exporter.clips import builtin_clip
+
     targets = []
     for name, (_, _, probes) in TARGETS.items():
         target = {"name": name, "url": simulators[name].url}
@@ -164,7 +182,8 @@ def exporter_config(simulators: dict[str, Simulator], port: int) -> dict:
         "schedules": SCHEDULES,
         "thresholds": {"response_time_seconds": RESPONSE_TIME_SECONDS,
                        "for_short": f"{FOR_SHORT}s", "for_long": f"{FOR_LONG}s"},
-        "probes": {"stream": {"pace": "fast"}},
+        "clips": {"short": {"path": str(short_clip), "transcript": builtin_clip().transcript}},
+        "probes": {"stream": {"clip": "short"}},
     }
 
 
