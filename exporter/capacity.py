@@ -31,6 +31,7 @@ MAX_SAMPLES = 100_000  # per level and figure: beyond this a uniform sample is k
 LIMITS = ("errors", "result_lag", "first_result")  # in the order limited_by names the first one broken
 RECENT_LAGS = 2000
 CLEARLY_PAST = 2.0  # a level whose lag or first result p95 is this many times its bound ends the run
+PROBER_LATE_SECONDS = 0.005  # a session whose worst frame left later than this: the tool itself was slow
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ class Level:
     errors: Counter = field(default_factory=Counter)
     first_result: Samples = field(default_factory=Samples)
     result_lag: Samples = field(default_factory=Samples)
+    prober_lateness: Samples = field(default_factory=Samples)  # per session: its latest frame (this tool's own delay)
     character_errors: int = 0
     reference_characters: int = 0
     running: int = 0  # sessions in progress right now
@@ -110,6 +112,8 @@ class Level:
         if result.stream is not None:
             if result.stream.first_result_seconds is not None:
                 self.first_result.add(result.stream.first_result_seconds)
+            if result.stream.max_pacing_error_seconds is not None:
+                self.prober_lateness.add(result.stream.max_pacing_error_seconds)
             for lag in result_lags(result):
                 self.result_lag.add(lag)
                 self.recent_lags.append(lag)
@@ -164,6 +168,8 @@ class Level:
                                    "p95": _round(self.result_lag.percentile(95)),
                                    "max": _round(self.result_lag.largest)},
             "cer": _round(self.cer),
+            "prober_lateness_seconds": {"p99": _round(self.prober_lateness.percentile(99)),
+                                        "max": _round(self.prober_lateness.largest)},
             "within_slo": not broke,
             "broken": broke,
             "interrupted": self.interrupted,

@@ -18,7 +18,7 @@ from typing import Optional, TextIO
 from urllib.parse import urlsplit
 
 from exporter import logs
-from exporter.capacity import Level, Outcome, Plan, Slo, levels, measure
+from exporter.capacity import PROBER_LATE_SECONDS, Level, Outcome, Plan, Slo, levels, measure
 from exporter.client import TargetClient, new_session
 from exporter.clips import Clip, ClipError, load_clip
 from exporter.config import Config, TargetConfig, parse_duration
@@ -323,4 +323,9 @@ def render_table(target: str, clip: Clip, outcome: Outcome) -> str:
         lines.append("stopped early: the last level is clearly past the knee")
     if outcome.interrupted:
         lines.append("interrupted (*: a level cut short)")
+    for level in outcome.levels:
+        late = level.prober_lateness.percentile(99)
+        if late is not None and late > PROBER_LATE_SECONDS:
+            lines.append(f"note: at {level.streams} streams this tool sent frames up to {late * 1000:.0f} ms late "
+                         "(p99 of each session's worst frame): its machine is busy, so the lags include its delay")
     return "\n".join(lines)
