@@ -385,7 +385,9 @@ async def test_a_cancelled_run_closes_its_socket_with_a_close_frame(sim, kind):
     async with new_session() as session:
         ctx = ProbeContext(TargetClient(session, TargetConfig(name="sim", url=sim)), model(), 10.0, clip=CLIP)
         task = asyncio.create_task(run_probe(kind, ctx))
-        await asyncio.to_thread(wait_until, lambda: open_websockets(sim) == 1, 5, 0.02, "the session to open")
+        start = "start_recording" if kind == "stream" else "start_vad"  # the client's socket is open by then
+        await asyncio.to_thread(wait_until, lambda: messages_received(sim, kind).get(start) == 1, 5, 0.02,
+                                "the session to start")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
