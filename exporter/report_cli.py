@@ -120,6 +120,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"whoasr-exporter report: {exc}", file=sys.stderr)
         return 2
     print(render(report, args.format))
+    for target in report.targets:
+        if not target.has_data:  # a --target Prometheus knows nothing about: a typo, or not scraped
+            print(f"whoasr-exporter report: no data for target {target.target!r} in this range", file=sys.stderr)
     for reason in report.gate_failures:
         print(f"whoasr-exporter report: {reason}", file=sys.stderr)
     return 1 if report.gate_failures else 0

@@ -38,9 +38,9 @@ from tests.support import (LOOPBACK, ManagedProcess, exporter_cmd, free_port, ht
 USER, PASSWORD = "report", "s3cret-report"
 SCHEDULED = {"asr-sched": ["batch", "stream", "punctuation"], "asr-ok": ["batch", "punctuation"]}
 MULTI = "asr-multi"
-MULTI_MODULES = {"health": "2s", "punctuation": "1s", "stream": "3s"}  # module -> scrape interval
-MIN_RUNS = 12  # punctuation runs each target has in the report at least
-WAIT_RUNS = MIN_RUNS + 3  # ... and in Prometheus before the report is asked (the report's range ends on a second)
+MULTI_MODULES = {"health": "2s", "punctuation": "2s", "stream": "3s"}  # module -> scrape interval
+MIN_RUNS = 10  # punctuation runs each target has in the report at least
+WAIT_RUNS = MIN_RUNS + 2  # ... and in Prometheus before the report is asked (the report's range ends on a second)
 REPORT_RANGE = "10m"  # longer than the stack lives: every sample Prometheus holds is in the range
 
 
@@ -49,8 +49,10 @@ def _auth() -> dict[str, str]:
 
 
 class ReportStack:
-    def __init__(self, tmp: Path, prometheus: str, exporter: str, sims: dict[str, str]):
+    def __init__(self, tmp: Path, prometheus: str, exporter: str, sims: dict[str, str],
+                 sim_procs: dict[str, ManagedProcess]):
         self.tmp, self.prometheus, self.exporter, self.sims = tmp, prometheus, exporter, sims
+        self.sim_procs = sim_procs
         (tmp / "password").write_text(PASSWORD + "\n")
         self.password_file = tmp / "password"
 
@@ -88,7 +90,7 @@ def _exporter_config(sims: dict[str, str], port: int, short_clip: Path) -> dict:
             "model_info": {"interval": "1s", "timeout": "900ms"},
             "batch": {"interval": "2s", "timeout": "1800ms"},
             "stream": {"interval": "2s", "timeout": "1800ms"},
-            "punctuation": {"interval": "1s", "timeout": "900ms"},
+            "punctuation": {"interval": "1500ms", "timeout": "1400ms"},
         },
         "thresholds": {"response_time_seconds": 1.0, "for_short": "2s", "for_long": "10s"},
         # A 0.8 s clip streamed in real time, as the alerting stack does: result lags are measured then.
@@ -138,12 +140,13 @@ def report_stack(binaries, launched, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
     mine: list[ManagedProcess] = []
     try:
-        sims = {}
+        sims, sim_procs = {}, {}
         for name, api, extra in (("asr-sched", "v2", ("--health-schema", "documented")), ("asr-ok", "v1", ()),
                                  (MULTI, "v2", ())):
             proc, sims[name] = start_simulator(tmp, api, *extra, name=name)
             launched.append(proc)
             mine.append(proc)
+            sim_procs[name] = proc
         # The faults are there from the first run on, so every punctuation run of these two fails.
         for name in ("asr-sched", MULTI):
             sim_fault(sims[name], "punctuation", model_exception=True)
@@ -172,7 +175,7 @@ def report_stack(binaries, launched, tmp_path_factory):
                                       f"--storage.tsdb.path={tmp / 'prometheus-data'}",
                                       f"--web.listen-address={LOOPBACK}:{prom_port}"],
                            tmp / "prometheus.log", prometheus + "/-/ready", "prometheus", headers=_auth()))
-        stack = ReportStack(tmp, prometheus, exporter, sims)
+        stack = ReportStack(tmp, prometheus, exporter, sims, sim_procs)
         _wait_for_data(stack)
         yield stack
     finally:
@@ -212,6 +215,21 @@ def _target(document: dict, name: str) -> dict:
     return found[0]
 
 
+def assert_all_failed(probe: dict) -> None:
+    """Every run failed, each failure counted (also the first, on a series born at 1), by the injected
+    fault's reason; one run may have timed out instead on a loaded machine."""
+    failures = probe["failures"]
+    assert sum(failures.values()) == probe["runs"] and probe["success_ratio"] == 0.0, probe
+    assert set(failures) <= {"check_failed", "timeout"} and failures["check_failed"] >= probe["runs"] - 1, probe
+
+
+def assert_passed(probe: dict) -> None:
+    """Every run passed, but for at most one timeout on a loaded machine; the ratio follows the counts."""
+    failures = probe["failures"]
+    assert probe["runs"] > 0 and set(failures) <= {"timeout"} and sum(failures.values()) <= 1, probe
+    assert probe["success_ratio"] == 1 - sum(failures.values()) / probe["runs"], probe
+
+
 # --- JSON: the figures --------------------------------------------------------------------------------
 def test_json_scheduled_mode_numbers_match_what_was_injected(report_stack):
     code, document = report_stack.json_report()
@@ -237,20 +255,21 @@ def test_json_scheduled_mode_numbers_match_what_was_injected(report_stack):
     # Every punctuation run failed, and each failure is counted (also the first, on a series born at 1).
     assert punctuation["runs"] >= MIN_RUNS
     assert punctuation["runs"] <= used["requests"]["punctuation"]
-    assert punctuation["failures"] == {"check_failed": punctuation["runs"]}
-    assert punctuation["success_ratio"] == 0.0
+    assert_all_failed(punctuation)
     assert punctuation["cer"] is None and punctuation["rtf"] is None  # a text probe: no audio, no CER
 
     batch = sched["probes"]["batch"]
-    assert batch["success_ratio"] == 1.0 and batch["failures"] == {} and batch["runs"] > 0
+    assert_passed(batch)
     p = batch["latency_seconds"]
-    assert 0 < p["p50"] <= p["p95"] <= p["p99"] <= 1.0, p  # all below the 1 s bucket: the sim answers fast
+    assert 0 < p["p50"] <= p["p95"] <= p["p99"], p
+    if not batch["failures"]:
+        assert p["p99"] <= 1.0, p  # all below the 1 s bucket: the simulator answers in ~75 ms
     assert batch["cer"] == 0.0
     assert 0 < batch["rtf"] < 1
     assert "first_result_p95_seconds" not in batch
 
     stream = sched["probes"]["stream"]
-    assert stream["success_ratio"] == 1.0
+    assert_passed(stream)
     assert stream["first_result_p95_seconds"] is not None and stream["first_result_p95_seconds"] > 0
     assert stream["result_lag_p95_seconds"] is not None and stream["result_lag_p95_seconds"] >= 0
 
@@ -263,7 +282,8 @@ def test_json_scheduled_mode_numbers_match_what_was_injected(report_stack):
     assert spent["error_ratio"] > 0.5 and spent["budget_remaining"] < 0
     assert spent["budget_consumed"] == pytest.approx(spent["error_ratio"] / 0.01)
     fine = slos["asr-sched-batch-availability"]
-    assert fine["error_ratio"] == 0.0 and fine["budget_consumed"] == 0.0 and fine["budget_remaining"] == 1.0
+    if not batch["failures"]:
+        assert (fine["error_ratio"], fine["budget_consumed"], fine["budget_remaining"]) == (0.0, 0.0, 1.0), fine
 
     # The failing probe's alert, from ALERTS.
     failing = [a for a in document["alerts"] if a["alertname"] == "WhoasrProbeFailing"
@@ -289,12 +309,11 @@ def test_json_multi_target_mode_numbers_match_what_was_injected(report_stack):
     punctuation = multi["probes"]["punctuation"]
     assert punctuation["runs"] >= MIN_RUNS
     assert punctuation["runs"] <= samples  # scrapes are runs; Prometheus may have scraped again since
-    assert punctuation["failures"] == {"check_failed": punctuation["runs"]}
-    assert punctuation["success_ratio"] == 0.0
+    assert_all_failed(punctuation)
     assert punctuation["latency_seconds"]["p50"] is not None
 
     stream = multi["probes"]["stream"]
-    assert stream["runs"] > 0 and stream["success_ratio"] == 1.0, stream
+    assert_passed(stream)
     assert stream["first_result_p95_seconds"] is not None
     assert stream["result_lag_p95_seconds"] is not None  # from each run's largest lag (/probe's gauge)
     # Alerts about other targets are left out.
@@ -329,11 +348,13 @@ def test_table_worst_first_with_sparklines(report_stack):
 
 def test_markdown(report_stack):
     done = report_stack.report("--prometheus", report_stack.prometheus, "--range", REPORT_RANGE,
-                               "--format", "markdown", "--target", "asr-ok")
+                               "--format", "markdown", "--target", "asr-ok", "no-such-target")
     assert done.returncode == 0, done.stderr
+    assert done.stderr == "whoasr-exporter report: no data for target 'no-such-target' in this range\n"
     lines = done.stdout.splitlines()
     assert lines[0].startswith("# whoAsr report: last 10m")
     assert "## asr-ok" in lines and "## asr-sched" not in lines
+    assert "## no-such-target" in lines and "- up: -" in lines
     rows = [line for line in lines if line.startswith("| punctuation |")]
     assert len(rows) == 1 and "| 100.0% |" in rows[0], rows
     assert "**Result:** every SLO within budget" in lines
@@ -376,3 +397,20 @@ def test_rejected_query_is_one_line_error(report_stack):
         asyncio.run(ask())
     message = str(caught.value)
     assert "rejected a query (bad_data" in message and "\n" not in message
+
+
+# --- exit 1 for downtime: last, since it stops a simulator -----------------------------------------------
+def test_target_down_longer_than_its_objective_allows_exits_1(report_stack):
+    report_stack.sim_procs["asr-ok"].stop()
+    up = 'whoasr_up{target="asr-ok"}[10m]'
+    zeros = f"count_over_time({up}) - sum_over_time({up})"
+    wait_until(lambda: (report_stack.value(zeros) or 0) >= 3, timeout=30, interval=0.5,
+               what="three samples of asr-ok's whoasr_up at 0 in Prometheus")
+    code, document = report_stack.json_report("--target", "asr-ok")
+    ok = _target(document, "asr-ok")
+    assert ok["up_ratio"] < 0.99
+    assert code == 1
+    done = report_stack.report("--prometheus", report_stack.prometheus, "--range", REPORT_RANGE, "--target", "asr-ok")
+    assert done.returncode == 1
+    assert "asr-ok was up" in done.stderr and "below its availability objective 99.00%" in done.stderr, done.stderr
+    assert "(down longer than its availability objective allows)" in done.stdout
