@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config, target, plan = prepare(args)
         if not args.yes and not is_loopback(target.url):
-            from exporter.server import public_url
+            from exporter.client import public_url
 
             raise UsageError(f"{public_url(target.url)} is not on a loopback address, and this command "
                              "loads a server on purpose: run it against production only with --yes")

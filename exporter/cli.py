@@ -1,4 +1,4 @@
-"""`whoasr-exporter` command line: serve, check-config, simulate, demo, probe, render, capacity.
+"""`whoasr-exporter` command line: serve, check-config, simulate, demo, probe, render, report, capacity.
 
 Exit codes: 0 success, 1 a probe or the run failed, 2 usage or config errors.
 """
@@ -25,7 +25,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from exporter import daemon
 
-    return daemon.main(args.config, listen=args.listen, log_format=args.log_format)
+    return daemon.main(args.config, listen=args.listen, log_format=args.log_format, shard=args.shard)
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -52,6 +52,12 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     return probe_cli.run(args)
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from exporter import report_cli
+
+    return report_cli.run(args)
+
+
 def _cmd_capacity(args: argparse.Namespace) -> int:
     from exporter import capacity_cli
 
@@ -72,6 +78,8 @@ def build_parser(selected: Optional[str] = None) -> argparse.ArgumentParser:
     serve.add_argument("--listen", help="HOST:PORT to serve on, overriding exporter.listen")
     serve.add_argument("--log-format", choices=["json", "console", "auto"],
                        help="override exporter.log_format (auto: console in a terminal)")
+    serve.add_argument("--shard", metavar="I/N",
+                       help="probe only the targets that hash to shard I of N (0-based), overriding exporter.shard")
     serve.set_defaults(func=_cmd_serve)
 
     check = commands.add_parser("check-config", help="validate a config file; exit 2 if it is invalid")
@@ -95,6 +103,11 @@ def build_parser(selected: Optional[str] = None) -> argparse.ArgumentParser:
     probe = commands.add_parser("probe", help="run probes once against a target and print the results")
     _add_lazy_arguments(probe, "exporter.probe_cli", selected == "probe")
     probe.set_defaults(func=_cmd_probe)
+
+    report_cmd = commands.add_parser("report", help="summarise a period from Prometheus: uptime, resources, "
+                                                    "models, probes, SLO budgets, alerts")
+    _add_lazy_arguments(report_cmd, "exporter.report_cli", selected == "report")
+    report_cmd.set_defaults(func=_cmd_report)
 
     capacity = commands.add_parser("capacity", help="find how many concurrent real-time streams a target serves")
     _add_lazy_arguments(capacity, "exporter.capacity_cli", selected == "capacity")

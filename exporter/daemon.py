@@ -1,7 +1,8 @@
-"""The daemon: config -> scheduler -> scrape/probe -> result -> state/history, served over HTTP.
+"""The daemon: config -> scheduler -> runner (scrape or probe) -> result -> sinks (state and metrics,
+history, log), served over HTTP.
 
-It owns the shared HTTP session, one client and one health gate per target, and applies (re)loaded
-configs: a bad config is rejected and the running one kept.
+It owns the shared HTTP session and one client per target, and applies (re)loaded configs: a bad config
+is rejected and the running one kept. Nothing it uses imports it back.
 """
 
 from __future__ import annotations
@@ -9,86 +10,152 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
+import ssl
 import sys
-from typing import Callable, Optional
+import time
+from typing import Optional
 
 import aiohttp
 import structlog
 
-from exporter import logs, websecurity
+from exporter import logs, tls, websecurity
 from exporter.client import TargetClient, new_session
-from exporter.config import SCRAPE_KINDS, Config, ConfigError, TargetConfig, load_config, load_config_or_report
-from exporter.gate import TargetGate
+from exporter.config import Config, ConfigError, TargetConfig, TLSConfig, load_config, load_config_or_report
+from exporter.discovery import POLL_SECONDS, TargetsFiles, merge_targets
 from exporter.history import History
+from exporter.kinds import SCRAPE_KINDS
 from exporter.metrics import Exposition, process_registry
-from exporter.probes import ProbeContext, failed, probe_function, run_probe
-from exporter.results import Failure, ProbeResult, ScrapeResult, Trace
+from exporter.probes import probe_function
+from exporter.results import ProbeResult
+from exporter.runner import Runner
 from exporter.scheduler import Plan, Scheduler
-from exporter.scrape import scrape
+from exporter.server import start_server
+from exporter.shard import Shard, ShardError, effective_shard
+from exporter.sinks import LogSink, Sink, deliver
 from exporter.state import ExporterState
 
 log = structlog.get_logger("exporter.daemon")
 
 
 class Daemon:
-    def __init__(self, config: Config, config_path: Optional[str] = None):
+    def __init__(self, config: Config, config_path: Optional[str] = None, shard: Optional[str] = None):
         self.config = config
         self.config_path = config_path
+        self.shard_override = shard  # --shard I/N; wins over exporter.shard
+        self.shard: Shard = effective_shard(shard, config.exporter.shard)
+        self.discovery = TargetsFiles(config.targets_files)
+        self.targets: tuple[TargetConfig, ...] = ()  # what this exporter probes: merged, then sharded
+        self._watch: Optional[asyncio.Task] = None
         thresholds = config.thresholds
         self.state = ExporterState(thresholds.response_time_seconds, thresholds.stream_first_result_seconds)
         self.history = History(config.exporter.history_size, config.exporter.history_failures_size)
         self.exposition = Exposition(self.state, process_registry())
         self.session: Optional[aiohttp.ClientSession] = None
         self.clients: dict[str, TargetClient] = {}
-        self.gates: dict[str, TargetGate] = {}
-        self.scheduler = Scheduler(self.run_job, self.state.record_skip, self.state.scheduler_lag.observe)
+        self.tls_contexts: dict[TLSConfig, ssl.SSLContext] = {}  # one per distinct targets[].tls_config
+        self.runner = Runner(config, self.state.internal_errors)
+        self.sinks: list[Sink] = [self.state, self.history, LogSink()]  # where every scheduled result goes
+        self.scheduler = Scheduler(self.run_job, self.state.record_skip, self.state.scheduler_lag.observe,
+                                   self.run_crashed)
         self.ready = False
         self._reload_lock = asyncio.Lock()
 
     # --- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
         self.session = new_session()
+        await asyncio.to_thread(self.discovery.refresh)
         self.apply(self.config)
         self.state.record_reload(True)
         # Import what the configured probes need now rather than mid-run, then move everything built so far
         # out of the collector's reach: full collections then scan only new objects (~100 ms -> a few ms),
         # which keeps /metrics and stream pacing free of GC pauses.
-        for kind in sorted({kind for target in self.config.targets for kind in target.enabled_probes()}):
+        for kind in sorted({kind for target in self.targets for kind in target.enabled_probes()}):
             probe_function(kind)
         gc.freeze()
         self.scheduler.start()
+        self._watch = asyncio.create_task(self._watch_targets_files(), name="targets-files")
         self.ready = True
+
+    async def _watch_targets_files(self) -> None:
+        """Re-reads the targets files every POLL_SECONDS; a changed target list is applied at once."""
+        while True:
+            await asyncio.sleep(POLL_SECONDS)
+            discovery = self.discovery
+            try:
+                changed = await asyncio.to_thread(discovery.refresh)
+            except Exception as exc:  # noqa: BLE001 - the watcher must outlive any one bad read
+                log.error("targets files refresh failed", reason="refresh_error", error=repr(exc))
+                continue
+            self._record_discovery()
+            if changed and discovery is self.discovery:
+                self._apply_targets()
+                log.info("targets files applied", targets=len(self.targets), shard=str(self.shard))
 
     async def stop(self, grace: Optional[float] = None) -> None:
         self.ready = False
+        if self._watch is not None:
+            self._watch.cancel()
         await self.scheduler.shutdown(self.config.exporter.shutdown_grace if grace is None else grace)
         if self.session is not None:
             await self.session.close()
 
-    def apply(self, config: Config) -> None:
-        """Switches to a validated config: clients, gates, state and jobs follow the new target list."""
+    def apply(self, config: Config, discovery: Optional[TargetsFiles] = None,
+              tls_contexts: Optional[dict[TLSConfig, ssl.SSLContext]] = None) -> None:
+        """Switches to a validated config (and, when its globs changed, to freshly read targets files).
+
+        Targets with a tls_config get new clients with `tls_contexts`, built from their files now (a reload
+        re-reads renewed certificates); without them they are built here, as at start-up."""
         self.config = config
+        self.runner.config = config
+        if discovery is not None:
+            self.discovery = discovery
+        shard = effective_shard(self.shard_override, config.exporter.shard)
+        if shard != self.shard:
+            self.shard = shard
         self.state.set_thresholds(config.thresholds.response_time_seconds,
                                   config.thresholds.stream_first_result_seconds)
+        if tls_contexts is None:
+            tls_contexts = tls.contexts_for(target.tls_config for target in config.targets)
+        self.tls_contexts = tls_contexts
+        self._record_discovery()
+        self._apply_targets(renew_tls=True)
+
+    def _apply_targets(self, renew_tls: bool = False) -> None:
+        """Clients, gates, state and jobs follow the target list: configured and discovered targets,
+        then only those of this exporter's shard."""
+        config = self.config
+        configured, discovered = merge_targets(config.targets, self.discovery.targets())
+        self.shard.forget_except({t.url for t in (*configured, *discovered)})
+        configured = [t for t in configured if self.shard.keeps(t.url)]
+        discovered = [t for t in discovered if self.shard.keeps(t.url)]
+        self.targets = (*configured, *discovered)
+        self.state.record_targets({"config": len(configured), "files": len(discovered)},
+                                  (self.shard.index, self.shard.count))
         clients: dict[str, TargetClient] = {}
-        for target in config.targets:
+        for target in self.targets:
             old = self.clients.get(target.name)
-            clients[target.name] = old if old is not None and old.target == target else self._client(target)
-            self.gates.setdefault(target.name, TargetGate())
+            keep = old is not None and old.target == target and not (renew_tls and target.tls_config)
+            clients[target.name] = old if keep else self._client(target)
         self.clients = clients
-        self.gates = {name: gate for name, gate in self.gates.items() if name in clients}
-        self.state.set_targets({t.name: t.enabled_probes() for t in config.targets})
+        self.runner.keep_gates(set(clients))
+        self.state.set_targets({t.name: t.enabled_probes() for t in self.targets})
         self.history.forget_targets(set(clients))
         plans = {}
-        for target in config.targets:
+        for target in self.targets:
             for kind in (*SCRAPE_KINDS, *target.enabled_probes()):
                 schedule = config.schedules.for_kind(kind)
                 plans[(target.name, kind)] = Plan(schedule.interval, schedule.timeout)
         self.scheduler.sync(plans)
 
+    def _record_discovery(self) -> None:
+        discovery = self.discovery
+        self.state.record_targets_files(discovery.errors_total,
+                                        discovery.last_read_ok if discovery.patterns else None)
+
     def _client(self, target: TargetConfig) -> TargetClient:
-        assert self.session is not None
-        return TargetClient(self.session, target)
+        if self.session is None:
+            raise RuntimeError("the daemon's HTTP session is made in start(); no client before that")
+        return TargetClient(self.session, target, self.tls_contexts.get(target.tls_config))
 
     async def reload(self) -> tuple[bool, str]:
         """Re-reads the config file; on any error the running config stays and the error is reported."""
@@ -97,6 +164,13 @@ class Daemon:
                 return False, "no config file to reload"
             try:
                 config = await asyncio.to_thread(load_config, self.config_path)
+                tls_contexts = await asyncio.to_thread(
+                    tls.contexts_for, [target.tls_config for target in config.targets])
+            except tls.TLSFileError as exc:  # a file changed between the check and now
+                self.state.record_reload(False)
+                log.error("config reload failed", reason="invalid_config", error=f"tls_config.{exc.field}: {exc}",
+                          path=self.config_path)
+                return False, f"{self.config_path}: tls_config.{exc.field}: {exc}"
             except ConfigError as exc:
                 self.state.record_reload(False)
                 log.error("config reload failed", reason="invalid_config", error=str(exc), path=self.config_path)
@@ -104,61 +178,31 @@ class Daemon:
             for setting in settings_needing_restart(self.config, config):
                 log.warning("config change needs a restart", setting=setting, reason="restart_required",
                             path=self.config_path)
-            self.apply(config)
+            discovery = None
+            if config.targets_files != self.discovery.patterns:
+                discovery = TargetsFiles(config.targets_files)
+                await asyncio.to_thread(discovery.refresh)
+            self.apply(config, discovery, tls_contexts)
             self.state.record_reload(True)
-            log.info("config reloaded", path=self.config_path, targets=len(config.targets))
-            return True, f"reloaded {len(config.targets)} targets"
+            log.info("config reloaded", path=self.config_path, targets=len(self.targets), shard=str(self.shard))
+            return True, f"reloaded {len(self.targets)} targets"
 
     # --- runs -----------------------------------------------------------------------------------
     async def run_job(self, target: str, kind: str, timeout: float) -> None:
-        """One scheduled run; whatever happens ends as a recorded result."""
+        """One scheduled run; whatever happens ends as a result delivered to the sinks."""
         client = self.clients.get(target)
         if client is None:
             return
-        if kind in SCRAPE_KINDS:
-            result = await self.scrape_now(client, kind, timeout)
-            self.state.record_scrape(result)
-            if not result.success:
-                log.warning("scrape failed", target=target, endpoint=kind, reason=result.reason, detail=result.detail)
-            return
-        probe_result = await self.probe_now(client, kind, timeout)
-        self.state.record_probe(probe_result)
-        self.history.add(probe_result)
-        if probe_result.applicable and not probe_result.success:
-            log.warning("probe failed", target=target, probe=kind, reason=probe_result.reason,
-                        step=probe_result.step, detail=probe_result.detail)
-        else:
-            log.debug("probe done", target=target, probe=kind, success=probe_result.success,
-                      duration_seconds=round(probe_result.duration_seconds, 4))
+        deliver(await self.runner.run(client, kind, timeout), self.sinks, self.state.internal_errors)
 
-    async def scrape_now(self, client: TargetClient, kind: str, timeout: float,
-                         trace: Optional[Trace] = None) -> ScrapeResult:
-        if kind == "health":
-            async with self.gate(client.name).exclusive():
-                return await scrape(client, kind, timeout, trace)
-        return await scrape(client, kind, timeout, trace)
+    def run_crashed(self, target: str, kind: str, exc: BaseException) -> None:
+        """The scheduler's last resort (run_job itself failed): counted, logged, and a failed result
+        recorded so that the run's signals do not freeze."""
+        detail = self.state.internal_errors.report("scheduler", exc, target, kind)
+        result = ProbeResult(target=target, probe=kind, success=False, started_at=time.time(), duration_seconds=0.0,
+                             reason="bad_response", detail=detail, step="internal")
+        deliver(result, self.sinks, self.state.internal_errors)
 
-    async def probe_now(self, client: TargetClient, kind: str, timeout: float,
-                        trace: Optional[Trace] = None, cached_models: bool = True,
-                        progress: Optional[Callable[[str], None]] = None) -> ProbeResult:
-        settings = self.config.probes.for_kind(kind)
-        target_state = self.state.targets.get(client.name)
-        models = target_state.models_loaded() if (cached_models and target_state) else None
-        async with self.gate(client.name).shared():
-            ctx = ProbeContext(client=client, settings=settings, timeout=timeout, models_loaded=models,
-                               trace=trace or Trace(), progress=progress)
-            clip_name = getattr(settings, "clip", None)
-            if clip_name is not None:
-                from exporter.clips import ClipError, load_clip
-
-                try:
-                    ctx.clip = await asyncio.to_thread(load_clip, self.config, clip_name)
-                except ClipError as exc:
-                    return failed(ctx, kind, Failure("check_failed", str(exc), step="clip"))
-            return await run_probe(kind, ctx)
-
-    def gate(self, target: str) -> TargetGate:
-        return self.gates.setdefault(target, TargetGate())
 
 
 def settings_needing_restart(old: Config, new: Config) -> list[str]:
@@ -173,14 +217,13 @@ def settings_needing_restart(old: Config, new: Config) -> list[str]:
     return changed
 
 
-async def serve(config: Config, config_path: Optional[str], host: str, port: int) -> int:
+async def serve(config: Config, config_path: Optional[str], host: str, port: int,
+                shard: Optional[str] = None) -> int:
     """Runs the daemon and its web server until SIGTERM/SIGINT; SIGHUP reloads the config."""
-    from exporter.server import start_server
-
-    daemon = Daemon(config, config_path)
+    daemon = Daemon(config, config_path, shard)
     await daemon.start()
     runner = await start_server(daemon, host, port)
-    log.info("exporter listening", address=f"{host}:{port}", targets=len(config.targets))
+    log.info("exporter listening", address=f"{host}:{port}", targets=len(daemon.targets), shard=str(daemon.shard))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -205,10 +248,16 @@ async def serve(config: Config, config_path: Optional[str], host: str, port: int
     return 0
 
 
-def main(config_path: str, listen: Optional[str] = None, log_format: Optional[str] = None) -> int:
+def main(config_path: str, listen: Optional[str] = None, log_format: Optional[str] = None,
+         shard: Optional[str] = None) -> int:
     config = load_config_or_report(config_path)
     if config is None:
         print("refusing to start with an invalid config", file=sys.stderr)
+        return 2
+    try:
+        effective_shard(shard, config.exporter.shard)
+    except ShardError as exc:
+        print(f"--shard: {exc}", file=sys.stderr)
         return 2
     logs.setup(log_format or config.exporter.log_format, config.exporter.log_level)
     host, _, port = (listen or config.exporter.listen).rpartition(":")
@@ -220,4 +269,4 @@ def main(config_path: str, listen: Optional[str] = None, log_format: Optional[st
     except websecurity.WebConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    return asyncio.run(serve(config, config_path, host.strip("[]") or "0.0.0.0", int(port)))
+    return asyncio.run(serve(config, config_path, host.strip("[]") or "0.0.0.0", int(port), shard))

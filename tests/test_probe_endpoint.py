@@ -11,13 +11,13 @@ import urllib.parse
 
 import pytest
 
+from exporter.kinds import MODULES, is_scrape
 from tests.metrics_text import samples, value
 from tests.support import (LOOPBACK, Stack, free_port, http_get, sim_fault, sim_put, sim_reset, sim_stats,
                            wait_until)
 
 pytestmark = pytest.mark.timeout(60)
 
-MODULES = ("batch", "stream", "punctuation", "vad", "timestamp", "stream_vad", "health", "model_info")
 
 
 @pytest.fixture(scope="module")
@@ -71,16 +71,16 @@ def test_every_module_passes_on_a_healthy_target(stack, api, module):
         assert value(text, "whoasr_probe_applicable") == 0.0  # v1's /timestamp always answers 500
         return
     assert value(text, "whoasr_probe_success") == 1.0, text
-    assert value(text, "whoasr_probe_duration_seconds") > 0
+    assert value(text, "whoasr_probe_run_duration_seconds") > 0
     assert not any(name.startswith("whoasr_probe_failure") for name, _, _ in samples(text))
     assert all("target" not in labels for _, labels, _ in samples(text))  # Prometheus adds the instance
     if module == "batch":
         assert value(text, "whoasr_probe_character_error_rate") == 0.0
         assert value(text, "whoasr_probe_http_status_code") == 200
     if module == "stream":
-        assert 0 < value(text, "whoasr_stream_first_result_seconds") < 2
-        assert value(text, "whoasr_stream_partial_results") >= 1
-    if module in ("health", "model_info"):
+        assert 0 < value(text, "whoasr_stream_run_first_result_seconds") < 2
+        assert value(text, "whoasr_stream_run_partial_results") >= 1
+    if is_scrape(module):
         assert value(text, "whoasr_model_loaded", model="offline_asr") == 1.0
         assert value(text, "whoasr_models_loaded") == 5
         assert value(text, "whoasr_info", api=api) == 1.0
@@ -121,7 +121,7 @@ def test_scrape_timeout_header_bounds_a_hanging_target(stack):
     assert 1.3 <= elapsed < 2.0, elapsed  # the 0.5 s offset leaves time to answer
     assert value(text, "whoasr_probe_success") == 0.0
     assert value(text, "whoasr_probe_failure_info", reason="timeout") == 1.0
-    assert 1.3 <= value(text, "whoasr_probe_duration_seconds") <= 1.8
+    assert 1.3 <= value(text, "whoasr_probe_run_duration_seconds") <= 1.8
 
 
 def test_without_the_header_the_schedule_timeout_bounds_the_run(stack):
@@ -157,7 +157,7 @@ def test_debug_output_of_a_passing_stream_shows_messages_checks_and_transcript(s
     assert "success:      yes" in text
     assert "transcript:   今天天气很好我们去公园" in text
     assert "CER:          0.000" in text
-    assert "whoasr_stream_first_result_seconds" in text
+    assert "whoasr_stream_run_first_result_seconds" in text
 
 
 @pytest.mark.parametrize("query,fragment", [
@@ -233,3 +233,19 @@ def test_openmetrics_is_negotiated(stack):
     assert status == 200
     assert headers["Content-Type"].startswith("application/openmetrics-text")
     assert body.decode().rstrip().endswith("# EOF")
+
+
+@pytest.mark.parametrize("module,model", [("batch", "offline_asr"), ("punctuation", "punctuation")])
+def test_unloaded_on_demand_model_is_read_afresh_and_not_loaded(stack, module, model):
+    """The same fresh model check as scheduled runs: its read is in the debug trace, nothing is sent."""
+    url = stack.urls["v2"]
+    sim_put(url, f"models/{model}", {"loaded": False})
+    before = sim_stats(url)
+    status, text, _ = probe(stack, "asr-v2", module, debug=True)
+    assert status == 200
+    assert f"model check: {model} not loaded" in text and "FAILED model_not_loaded at model_check" in text, text
+    after = sim_stats(url)
+    assert after["on_demand_loads"][model] == 0
+    assert after["requests"]["model_info"] == before["requests"]["model_info"] + 1
+    endpoint = "recognize" if module == "batch" else "punctuation"
+    assert after["requests"][endpoint] == before["requests"][endpoint]
