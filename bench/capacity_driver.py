@@ -29,7 +29,8 @@ from bench.stream_pacing import ticker  # noqa: E402
 from exporter.capacity import Outcome, Plan, Slo, measure  # noqa: E402
 from exporter.client import TargetClient, new_session  # noqa: E402
 from exporter.clips import builtin_clip  # noqa: E402
-from exporter.config import StreamProbe, TargetConfig  # noqa: E402
+from exporter.config import TargetConfig  # noqa: E402
+from exporter.kinds import StreamProbe  # noqa: E402
 
 SESSION_TIMEOUT = 30.0
 

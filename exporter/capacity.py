@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 from exporter.client import TargetClient
 from exporter.clips import Clip
-from exporter.config import StreamProbe
+from exporter.kinds import StreamProbe
 from exporter.probes import ProbeContext, run_probe
 from exporter.results import ProbeResult
 
