@@ -17,7 +17,7 @@ import math
 import random
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Awaitable, Callable, Optional
 
 from exporter.client import TargetClient
 from exporter.clips import Clip
@@ -210,15 +210,23 @@ class Verdict:
     broken_at: Optional[int]  # the level that broke it
 
 
+async def stream_session(ctx: ProbeContext) -> ProbeResult:
+    """One session of the `stream` probe, under run_probe's guard: a result whatever the target does."""
+    return await run_probe("stream", ctx)
+
+
+SessionRunner = Callable[[ProbeContext], Awaitable[ProbeResult]]
+
+
 async def measure(client: TargetClient, settings: StreamProbe, clip: Clip, outcome: Outcome,
-                  stop: asyncio.Event) -> None:
+                  stop: asyncio.Event, session: SessionRunner = stream_session) -> None:
     """Runs the plan's levels into `outcome` (readable while it runs, for progress) until the last, one
-    clearly past the knee, or `stop` (Ctrl-C)."""
+    clearly past the knee, or `stop` (Ctrl-C). `session` is for benchmarks that also record every frame."""
     plan = outcome.plan
     for index, streams in enumerate(plan.levels):
         level = Level(streams)
         outcome.levels.append(level)
-        await run_level(client, settings, clip, plan, level, stop)
+        await run_level(client, settings, clip, plan, level, stop, session)
         if stop.is_set():
             level.interrupted = outcome.interrupted = True
             return
@@ -238,7 +246,7 @@ async def measure(client: TargetClient, settings: StreamProbe, clip: Clip, outco
 
 
 async def run_level(client: TargetClient, settings: StreamProbe, clip: Clip, plan: Plan, level: Level,
-                    stop: asyncio.Event) -> None:
+                    stop: asyncio.Event, session: SessionRunner = stream_session) -> None:
     """`level.streams` lanes for the hold; on `stop` every session is cancelled (each closes its own
     socket as it unwinds, within the session's close timeout) and the level keeps what had finished."""
     loop = asyncio.get_running_loop()
@@ -250,7 +258,7 @@ async def run_level(client: TargetClient, settings: StreamProbe, clip: Clip, pla
             ctx = ProbeContext(client=client, settings=settings, timeout=plan.session_timeout, clip=clip)
             level.running += 1
             try:
-                result = await run_probe("stream", ctx)  # never raises for what a target does
+                result = await session(ctx)
             finally:
                 level.running -= 1
             level.add(result)
