@@ -31,7 +31,6 @@ import yaml
 
 from exporter.clips import builtin_clip
 from exporter.prometheus_api import PrometheusAPI, PrometheusError
-from tests.e2e.stack import write_short_clip
 from tests.support import (LOOPBACK, ManagedProcess, exporter_cmd, free_port, http_get, sim_fault, sim_put,
                            sim_stats, start_simulator, wait_until)
 
@@ -40,7 +39,7 @@ SCHEDULED = {"asr-sched": ["batch", "stream", "punctuation"], "asr-ok": ["batch"
 MULTI = "asr-multi"
 MULTI_MODULES = {"health": "2s", "punctuation": "2s", "stream": "3s"}  # module -> scrape interval
 MIN_RUNS = 10  # punctuation runs each target has in the report at least
-WAIT_RUNS = MIN_RUNS + 2  # ... and in Prometheus before the report is asked (the report's range ends on a second)
+WAIT_RUNS = MIN_RUNS + 2  # ... and in Prometheus before the report is asked
 REPORT_RANGE = "10m"  # longer than the stack lives: every sample Prometheus holds is in the range
 
 
@@ -77,6 +76,18 @@ class ReportStack:
         done = self.report("--prometheus", self.prometheus, "--range", REPORT_RANGE, "--format", "json", *args)
         assert done.returncode in (0, 1), f"exit {done.returncode}: {done.stderr}"
         return done.returncode, json.loads(done.stdout)
+
+
+def write_short_clip(directory: Path) -> Path:
+    """The first 0.8 s of the built-in clip: one 600 ms stride and a final rest, short enough to stream in
+    real time within a 2 s interval (the simulator's model says the rest of the transcript at the end)."""
+    import soundfile
+
+    from exporter.clips import SAMPLE_RATE
+
+    path = directory / "short.wav"
+    soundfile.write(path, builtin_clip().samples[:int(0.8 * SAMPLE_RATE)], SAMPLE_RATE)
+    return path
 
 
 def _exporter_config(sims: dict[str, str], port: int, short_clip: Path) -> dict:
@@ -198,8 +209,9 @@ def _wait_for_data(stack: ReportStack) -> None:
             out.append(f"{MULTI}: {samples} /probe punctuation scrapes")
         if not stack.query(f'count_over_time(whoasr_probe_success{{target="{MULTI}", probe="stream"}}[10m])'):
             out.append(f"{MULTI}: no /probe stream scrape")
-        if not stack.query('ALERTS{alertname="WhoasrProbeFailing", alertstate="firing", target="asr-sched"}'):
-            out.append("WhoasrProbeFailing not firing for asr-sched")
+        firing = 'ALERTS{alertname="WhoasrProbeFailing", alertstate="firing", target="asr-sched"}'
+        if (stack.value(f"max(count_over_time({firing}[10m]))") or 0) < 3:
+            out.append("WhoasrProbeFailing not firing for asr-sched for 3 evaluations")
         return out
 
     try:
@@ -301,9 +313,9 @@ def test_json_scheduled_mode_numbers_match_what_was_injected(report_stack):
     # The failing probe's alert, from ALERTS.
     failing = [a for a in document["alerts"] if a["alertname"] == "WhoasrProbeFailing"
                and a["target"] == "asr-sched" and a["labels"].get("probe") == "punctuation"]
-    assert len(failing) == 1, document["alerts"]
-    assert failing[0]["firing_seconds"] > 0 and failing[0]["times_fired"] >= 1
-    assert failing[0]["firing_at_end"] is True
+    assert failing, document["alerts"]
+    assert all(a["firing_seconds"] > 0 and a["times_fired"] >= 1 for a in failing), failing
+    assert any(a["firing_at_end"] for a in failing), failing
 
     assert code == 1  # a spent budget fails the gate
 
