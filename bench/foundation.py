@@ -80,7 +80,7 @@ def bench_metrics(tmp: Path, sim_url: str) -> None:
 def render_alone() -> str:
     """The render step of /metrics without HTTP or a busy loop: 200 targets with every probe kind."""
     from exporter.metrics import Exposition, process_registry
-    from exporter.results import HealthState, ModelInfoState, ProbeResult, ScrapeResult, StreamTimings
+    from exporter.results import HealthState, ModelInfoState, ProbeResult, StreamTimings
     from exporter.state import ExporterState
 
     kinds = ("batch", "stream", "punctuation", "vad", "timestamp")
@@ -90,11 +90,11 @@ def render_alone() -> str:
     models = {k: True for k in ("streaming_asr", "offline_asr", "punctuation", "vad", "timestamp")}
     now = time.time()
     for name in list(state.targets):
-        state.record_scrape(ScrapeResult(name, "health", True, now, 0.01, api="v2", health=HealthState(
+        state.record(ProbeResult(name, "health", True, now, 0.01, api="v2", health=HealthState(
             status="healthy", version="1.0.0", models_loaded=models, total_loaded=5, cpu_ratio=0.1,
             memory_ratio=0.2, memory_total_bytes=1e10, memory_available_bytes=5e9)))
-        state.record_scrape(ScrapeResult(name, "model_info", True, now, 0.001, api="v2",
-                                         model_info=ModelInfoState(models, 5)))
+        state.record(ProbeResult(name, "model_info", True, now, 0.001, api="v2",
+                                 model_info=ModelInfoState(models, 5)))
         for kind in kinds:
             for ok in (True, False):
                 state.record_probe(ProbeResult(name, kind, ok, now, 0.5, reason=None if ok else "timeout",

@@ -13,27 +13,17 @@ import ssl
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
 from exporter import __version__
 from exporter.config import TargetConfig
+from exporter.kinds import KINDS
 from exporter.results import Failure, Trace, redact
 
 MAX_BODY_BYTES = 1 << 20  # whoAsr answers are small JSON; 1 MiB leaves room for long transcripts
 USER_AGENT = f"whoasr-exporter/{__version__}"
-
-# Paths per API generation (whoasr-api.md); only the generation-specific ones differ.
-PATHS = {
-    "v1": {"recognize": "/recognize", "punctuation": "/punctuate", "vad": "/vad", "timestamp": "/timestamp"},
-    "v2": {
-        "recognize": "/offline/recognize",
-        "punctuation": "/punctuation/add",
-        "vad": "/vad/detect",
-        "timestamp": "/timestamp/predict",
-    },
-}
-
 
 @dataclass
 class Reply:
@@ -95,6 +85,15 @@ def new_session(limit: int = 1000) -> aiohttp.ClientSession:
     )
 
 
+def public_url(url: str) -> str:
+    """A target URL fit to show: no user:password part."""
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    return url
+
+
 class TargetClient:
     """A whoAsr target as the probes see it: base URL, credentials, and its detected API generation."""
 
@@ -146,7 +145,11 @@ class TargetClient:
             return self._api
 
     async def path(self, kind: str, timeout: float, trace: Optional[Trace] = None) -> str:
-        return PATHS[await self.detect_api(timeout, trace)][kind]
+        """The path of a run kind on this target; detects the generation only when the paths differ."""
+        spec = KINDS[kind]
+        if spec.same_path:
+            return spec.v1_path
+        return spec.path(await self.detect_api(timeout, trace))
 
     # --- HTTP -----------------------------------------------------------------------------------
     async def request(

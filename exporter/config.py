@@ -20,13 +20,12 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
 
-PROBE_KINDS = ("batch", "stream", "punctuation", "vad", "timestamp", "stream_vad")
-SCRAPE_KINDS = ("health", "model_info")
-DEFAULT_PROBES = ("batch", "stream", "punctuation", "vad", "timestamp")
+from exporter.kinds import DEFAULT_PROBES, KINDS, PROBE_KINDS
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -191,18 +190,16 @@ class Schedule(_Strict):
         return self
 
 
-class Schedules(_Strict):
-    health: Schedule = Schedule(interval=60, timeout=5)
-    model_info: Schedule = Schedule(interval=15, timeout=5)
-    batch: Schedule = Schedule(interval=60, timeout=30)
-    stream: Schedule = Schedule(interval=60, timeout=30)
-    punctuation: Schedule = Schedule(interval=60, timeout=10)
-    vad: Schedule = Schedule(interval=60, timeout=15)
-    timestamp: Schedule = Schedule(interval=120, timeout=30)
-    stream_vad: Schedule = Schedule(interval=120, timeout=30)
-
+class _SchedulesBase(_Strict):
     def for_kind(self, kind: str) -> Schedule:
         return getattr(self, kind)
+
+
+# `schedules.<kind>` for every kind of the registry, with the registry's defaults.
+Schedules = create_model(
+    "Schedules", __base__=_SchedulesBase,
+    **{name: (Schedule, Schedule(interval=kind.interval, timeout=kind.timeout)) for name, kind in KINDS.items()},
+)
 
 
 class Thresholds(_Strict):
@@ -238,67 +235,16 @@ class ClipConfig(_Strict):
     transcript: str = Field(min_length=1)
 
 
-class BatchProbe(_Strict):
-    clip: str = "default"
-    hotwords: tuple[str, ...] = ()
-    expect_hotwords: bool = False
-    max_cer: float = Field(default=0.2, ge=0, le=1)
-    allow_model_load: bool = False
-    batch_size_s: int = Field(default=300, ge=1)
-    batch_size_threshold_s: int = Field(default=60, ge=1)
-
-
-class PunctuationProbe(_Strict):
-    text: str = Field(default="今天天气很好我们去公园散步然后一起吃午饭", min_length=2)
-    allow_model_load: bool = False
-
-
-class VadProbe(_Strict):
-    clip: str = "default"
-    min_segments: int = Field(default=1, ge=0)
-    max_segments: int = Field(default=20, ge=1)
-    min_speech_ratio: float = Field(default=0.3, ge=0, le=1)  # speech time / clip duration
-    max_speech_ratio: float = Field(default=1.05, ge=0, le=2)
-
-    @model_validator(mode="after")
-    def _bounds(self) -> "VadProbe":
-        if self.min_segments > self.max_segments:
-            raise ValueError("min_segments must not exceed max_segments")
-        if self.min_speech_ratio > self.max_speech_ratio:
-            raise ValueError("min_speech_ratio must not exceed max_speech_ratio")
-        return self
-
-
-class TimestampProbe(_Strict):
-    clip: str = "default"
-    allow_model_load: bool = False
-
-
-class StreamProbe(_Strict):
-    clip: str = "default"
-    frame_ms: int = Field(default=100, ge=10, le=600)
-    pace: Literal["realtime", "fast"] = "realtime"
-    client_id_prefix: str = Field(default="whoasr-exporter", pattern=r"^[A-Za-z0-9_.-]{1,40}$")
-    max_cer: float = Field(default=0.2, ge=0, le=1)
-    allow_model_load: bool = False
-
-
-class StreamVadProbe(_Strict):
-    clip: str = "default"
-    frame_ms: int = Field(default=100, ge=10, le=600)
-    client_id_prefix: str = Field(default="whoasr-exporter-vad", pattern=r"^[A-Za-z0-9_.-]{1,40}$")
-
-
-class Probes(_Strict):
-    batch: BatchProbe = BatchProbe()
-    stream: StreamProbe = StreamProbe()
-    punctuation: PunctuationProbe = PunctuationProbe()
-    vad: VadProbe = VadProbe()
-    timestamp: TimestampProbe = TimestampProbe()
-    stream_vad: StreamVadProbe = StreamVadProbe()
-
+class _ProbesBase(_Strict):
     def for_kind(self, kind: str) -> BaseModel:
         return getattr(self, kind)
+
+
+# `probes.<kind>`: each probe kind's settings model from the registry, all defaults by default.
+Probes = create_model(
+    "Probes", __base__=_ProbesBase,
+    **{name: (KINDS[name].settings, KINDS[name].settings()) for name in PROBE_KINDS},
+)
 
 
 TARGETS_FILE_SUFFIXES = (".json", ".yml", ".yaml")

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from exporter.config import PROBE_KINDS, SCRAPE_KINDS, ExporterConfig, TargetConfig, load_config, parse_config
+from exporter.config import ExporterConfig, TargetConfig, load_config, parse_config
+from exporter.kinds import MODULES
 from exporter.render.rules import rule_groups
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +36,6 @@ EXAMPLE_CONFIG = ROOT / "config.example.yaml"
 CONFIG_PATH = "/etc/whoasr-exporter/config.yaml"
 EXPORTER_PORT = 9877
 IMAGE_UID = 10001
-MODULES = (*PROBE_KINDS, *SCRAPE_KINDS)
 PROM_DURATION = re.compile(r"^((\d+)y)?((\d+)w)?((\d+)d)?((\d+)h)?((\d+)m)?((\d+)s)?((\d+)ms)?$")
 
 

@@ -11,13 +11,13 @@ import urllib.parse
 
 import pytest
 
+from exporter.kinds import MODULES, is_scrape
 from tests.metrics_text import samples, value
 from tests.support import (LOOPBACK, Stack, free_port, http_get, sim_fault, sim_put, sim_reset, sim_stats,
                            wait_until)
 
 pytestmark = pytest.mark.timeout(60)
 
-MODULES = ("batch", "stream", "punctuation", "vad", "timestamp", "stream_vad", "health", "model_info")
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_every_module_passes_on_a_healthy_target(stack, api, module):
     if module == "stream":
         assert 0 < value(text, "whoasr_stream_first_result_seconds") < 2
         assert value(text, "whoasr_stream_partial_results") >= 1
-    if module in ("health", "model_info"):
+    if is_scrape(module):
         assert value(text, "whoasr_model_loaded", model="offline_asr") == 1.0
         assert value(text, "whoasr_models_loaded") == 5
         assert value(text, "whoasr_info", api=api) == 1.0

@@ -15,7 +15,8 @@ import pytest
 
 from exporter.client import Reply, TargetClient, new_session
 from exporter.clips import Clip, builtin_clip, decode
-from exporter.config import BatchProbe, PunctuationProbe, TargetConfig, TimestampProbe, VadProbe
+from exporter.config import TargetConfig
+from exporter.kinds import KINDS
 from exporter.probes import ProbeContext, run_probe
 from exporter.probes.batch import _transcript
 from exporter.probes.common import audio_form
@@ -26,7 +27,6 @@ from tests.support import free_port, sim_delete, sim_fault, sim_model, sim_put, 
 
 pytestmark = pytest.mark.timeout(20)
 
-SETTINGS = {"batch": BatchProbe, "punctuation": PunctuationProbe, "vad": VadProbe, "timestamp": TimestampProbe}
 KINDS_V1 = ("batch", "punctuation", "vad")  # timestamp does not apply to v1
 CLIP = builtin_clip()
 SLACK = 0.15  # how far above an injected latency a run may end
@@ -83,7 +83,7 @@ async def probe(url: str, kind: str, timeout: float = 5.0, clip: Clip = CLIP, **
     """Runs one probe of `kind` the way the scheduler does, with a fresh session and client."""
     async with new_session() as session:
         client = TargetClient(session, TargetConfig(name="sim", url=url, api="auto"))
-        ctx = ProbeContext(client=client, settings=SETTINGS[kind](**settings), timeout=timeout, clip=clip)
+        ctx = ProbeContext(client=client, settings=KINDS[kind].settings(**settings), timeout=timeout, clip=clip)
         return await run_probe(kind, ctx)
 
 
@@ -156,7 +156,7 @@ async def test_punctuation_adds_marks(sim):
     _, url = sim
     result = await probe(url, "punctuation")
     assert result.success
-    assert result.expected_transcript == PunctuationProbe().text
+    assert result.expected_transcript == KINDS["punctuation"].settings().text
     assert result.transcript != result.expected_transcript and "。" in result.transcript
 
 

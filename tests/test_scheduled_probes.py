@@ -8,11 +8,12 @@ import urllib.parse
 
 import pytest
 
+from exporter.kinds import DEFAULT_PROBES
 from tests.metrics_text import value
 from tests.support import (LOOPBACK, Stack, free_port, http_get, sim_admin, sim_fault, sim_model, sim_reset,
                            sim_stats, wait_until)
 
-KINDS = ("batch", "stream", "punctuation", "vad", "timestamp")
+KINDS = DEFAULT_PROBES
 MODELS = {"batch": "offline_asr", "stream": "streaming_asr", "punctuation": "punctuation", "vad": "vad",
           "timestamp": "timestamp"}
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from exporter.client import TargetClient
 from exporter.health import parse_model_info
+from exporter.kinds import KINDS
 from exporter.results import Failure, ProbeResult, Trace
 
 if TYPE_CHECKING:  # clips pull in numpy and libsndfile: loaded only once a probe needs a clip
@@ -25,17 +26,6 @@ if TYPE_CHECKING:  # clips pull in numpy and libsndfile: loaded only once a prob
 
 log = structlog.get_logger("exporter.probes")
 
-# The model type each probe kind needs, and whether whoAsr would load it on demand (blocking the
-# whole server for minutes) if it is not loaded.
-PROBE_MODELS = {
-    "batch": "offline_asr",
-    "stream": "streaming_asr",
-    "punctuation": "punctuation",
-    "vad": "vad",
-    "timestamp": "timestamp",
-    "stream_vad": "vad",
-}
-LOADS_ON_DEMAND = frozenset({"batch", "punctuation"})
 GUARD_SECONDS = 2.0  # beyond its own timeout, how long a probe may take before it is cut off
 
 
@@ -66,8 +56,9 @@ class ProbeContext:
 
     def require_model(self, kind: str) -> None:
         """Refuses a probe that would make whoAsr load its model on demand, unless the user allowed it."""
-        model = PROBE_MODELS[kind]
-        if kind not in LOADS_ON_DEMAND or getattr(self.settings, "allow_model_load", False):
+        spec = KINDS[kind]
+        model = spec.model
+        if not spec.loads_on_demand or getattr(self.settings, "allow_model_load", False):
             return
         if self.models_loaded is not None and self.models_loaded.get(model) is False:
             raise Failure(
@@ -91,7 +82,8 @@ async def fetch_models_loaded(ctx: ProbeContext) -> None:
     if ctx.models_loaded is not None:
         return
     try:
-        _, document = await ctx.client.get_json("/model/info", min(ctx.remaining(), 5.0), ctx.trace)
+        path = await ctx.client.path("model_info", ctx.remaining(), ctx.trace)
+        _, document = await ctx.client.get_json(path, min(ctx.remaining(), 5.0), ctx.trace)
         ctx.models_loaded = parse_model_info(document).models_loaded
     except Failure as failure:
         ctx.trace(f"model state unknown ({failure.reason}); going on without it")
@@ -102,7 +94,7 @@ async def run_probe(kind: str, ctx: ProbeContext) -> ProbeResult:
     result: Optional[ProbeResult] = None
     try:
         async with asyncio.timeout(ctx.timeout + GUARD_SECONDS):
-            if kind in LOADS_ON_DEMAND:
+            if KINDS[kind].loads_on_demand:
                 await fetch_models_loaded(ctx)
             result = await probe_function(kind)(ctx)
     except Failure as failure:

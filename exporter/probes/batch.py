@@ -30,7 +30,7 @@ async def _probe(ctx: ProbeContext, result: ProbeResult) -> None:
         batch_size_threshold_s=str(settings.batch_size_threshold_s),
         hotword=",".join(settings.hotwords) if settings.hotwords else None,
     )
-    reply = await post(ctx, result, "recognize", form=form)
+    reply = await post(ctx, result, KIND, form=form)
     expect_ok(reply)
     result.audio_seconds = clip.duration_seconds
     result.processing_seconds = reply.elapsed

@@ -52,11 +52,11 @@ def audio_form(clip: Clip, field: str, **fields: Optional[str]) -> aiohttp.FormD
     return form
 
 
-async def post(ctx: ProbeContext, result: ProbeResult, endpoint: str, *, form: Optional[aiohttp.FormData] = None,
+async def post(ctx: ProbeContext, result: ProbeResult, kind: str, *, form: Optional[aiohttp.FormData] = None,
                json_body: Any = None) -> Reply:
-    """POSTs to the generation's path for `endpoint` within the run's deadline; records the HTTP status."""
+    """POSTs to the generation's path for the probe kind within the run's deadline; records the HTTP status."""
     try:
-        path = await ctx.client.path(endpoint, ctx.remaining(), ctx.trace)
+        path = await ctx.client.path(kind, ctx.remaining(), ctx.trace)
         reply = await ctx.client.request("POST", path, timeout=ctx.remaining(), form=form, json_body=json_body,
                                          trace=ctx.trace)
     except Failure as failure:

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import yaml
 
-from exporter.config import PROBE_KINDS, Config
+from exporter.config import Config
+from exporter.kinds import KINDS, PROBE_KINDS
 
 from . import slo as slo_rules
 from .promql import duration, number_text, ratio_text, selector
@@ -23,7 +24,6 @@ HEADER = (
 )
 MIN_RATE_WINDOW = 300.0  # seconds; never judge a ratio on less than 5 minutes
 CER_MIN_WINDOW = 3600.0  # seconds; accuracy is judged over at least an hour of transcripts
-TRANSCRIPT_PROBES = ("batch", "stream")  # the probes that count reference characters and errors
 
 
 def runbook_url(alertname: str) -> str:
@@ -228,7 +228,7 @@ def alert_groups(config: Config) -> list[dict]:
                 probe=kind,
             )
         )
-        if kind in TRANSCRIPT_PROBES:
+        if KINDS[kind].measures_accuracy:
             cer_w = duration(max(CER_MIN_WINDOW, rate_window(config, kind)))
             probes.append(
                 Alert(
