@@ -98,7 +98,7 @@ class ProbeHandler:
             trace = Trace()
             if module == "health" and not debug:
                 # Requests that arrive while a /health of this target runs share the next one.
-                result = await self.daemon.gate(client.name).on_demand_health.run(
+                result = await self.daemon.runner.gate(client.name).on_demand_health.run(
                     lambda: self.run(client, module, budget, trace))
             else:
                 result = await self.run(client, module, budget, trace)
