@@ -10,15 +10,16 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
+import ssl
 import sys
-from typing import Mapping, Optional
+from typing import Optional
 
 import aiohttp
 import structlog
 
-from exporter import eventloop, logs, websecurity
+from exporter import eventloop, logs, tls, websecurity
 from exporter.client import TargetClient, new_session
-from exporter.config import Config, ConfigError, TargetConfig, load_config, load_config_or_report
+from exporter.config import Config, ConfigError, TargetConfig, TLSConfig, load_config, load_config_or_report
 from exporter.discovery import POLL_SECONDS, TargetsFiles, merge_targets
 from exporter.history import History
 from exporter.kinds import SCRAPE_KINDS
@@ -49,7 +50,8 @@ class Daemon:
         self.exposition = Exposition(self.state, process_registry())
         self.session: Optional[aiohttp.ClientSession] = None
         self.clients: dict[str, TargetClient] = {}
-        self.runner = Runner(config, self.cached_models)
+        self.tls_contexts: dict[TLSConfig, ssl.SSLContext] = {}  # one per distinct targets[].tls_config
+        self.runner = Runner(config)
         self.sinks: list[Sink] = [self.state, self.history, LogSink()]  # where every scheduled result goes
         self.scheduler = Scheduler(self.run_job, self.state.record_skip, self.state.scheduler_lag.observe)
         self.ready = False
@@ -94,8 +96,12 @@ class Daemon:
         if self.session is not None:
             await self.session.close()
 
-    def apply(self, config: Config, discovery: Optional[TargetsFiles] = None) -> None:
-        """Switches to a validated config (and, when its globs changed, to freshly read targets files)."""
+    def apply(self, config: Config, discovery: Optional[TargetsFiles] = None,
+              tls_contexts: Optional[dict[TLSConfig, ssl.SSLContext]] = None) -> None:
+        """Switches to a validated config (and, when its globs changed, to freshly read targets files).
+
+        Targets with a tls_config get new clients with `tls_contexts`, built from their files now (a reload
+        re-reads renewed certificates); without them they are built here, as at start-up."""
         self.config = config
         self.runner.config = config
         if discovery is not None:
@@ -105,10 +111,13 @@ class Daemon:
             self.shard = shard
         self.state.set_thresholds(config.thresholds.response_time_seconds,
                                   config.thresholds.stream_first_result_seconds)
+        if tls_contexts is None:
+            tls_contexts = tls.contexts_for(target.tls_config for target in config.targets)
+        self.tls_contexts = tls_contexts
         self._record_discovery()
-        self._apply_targets()
+        self._apply_targets(renew_tls=True)
 
-    def _apply_targets(self) -> None:
+    def _apply_targets(self, renew_tls: bool = False) -> None:
         """Clients, gates, state and jobs follow the target list: configured and discovered targets,
         then only those of this exporter's shard."""
         config = self.config
@@ -122,7 +131,8 @@ class Daemon:
         clients: dict[str, TargetClient] = {}
         for target in self.targets:
             old = self.clients.get(target.name)
-            clients[target.name] = old if old is not None and old.target == target else self._client(target)
+            keep = old is not None and old.target == target and not (renew_tls and target.tls_config)
+            clients[target.name] = old if keep else self._client(target)
         self.clients = clients
         self.runner.keep_gates(set(clients))
         self.state.set_targets({t.name: t.enabled_probes() for t in self.targets})
@@ -141,7 +151,7 @@ class Daemon:
 
     def _client(self, target: TargetConfig) -> TargetClient:
         assert self.session is not None
-        return TargetClient(self.session, target)
+        return TargetClient(self.session, target, self.tls_contexts.get(target.tls_config))
 
     async def reload(self) -> tuple[bool, str]:
         """Re-reads the config file; on any error the running config stays and the error is reported."""
@@ -150,6 +160,13 @@ class Daemon:
                 return False, "no config file to reload"
             try:
                 config = await asyncio.to_thread(load_config, self.config_path)
+                tls_contexts = await asyncio.to_thread(
+                    tls.contexts_for, [target.tls_config for target in config.targets])
+            except tls.TLSFileError as exc:  # a file changed between the check and now
+                self.state.record_reload(False)
+                log.error("config reload failed", reason="invalid_config", error=f"tls_config.{exc.field}: {exc}",
+                          path=self.config_path)
+                return False, f"{self.config_path}: tls_config.{exc.field}: {exc}"
             except ConfigError as exc:
                 self.state.record_reload(False)
                 log.error("config reload failed", reason="invalid_config", error=str(exc), path=self.config_path)
@@ -161,7 +178,7 @@ class Daemon:
             if config.targets_files != self.discovery.patterns:
                 discovery = TargetsFiles(config.targets_files)
                 await asyncio.to_thread(discovery.refresh)
-            self.apply(config, discovery)
+            self.apply(config, discovery, tls_contexts)
             self.state.record_reload(True)
             log.info("config reloaded", path=self.config_path, targets=len(self.targets), shard=str(self.shard))
             return True, f"reloaded {len(self.targets)} targets"
@@ -174,10 +191,6 @@ class Daemon:
             return
         deliver(await self.runner.run(client, kind, timeout), self.sinks)
 
-    def cached_models(self, target: str) -> Optional[Mapping[str, bool]]:
-        """The model state the scheduled scrapes last read (Runner's model state)."""
-        target_state = self.state.targets.get(target)
-        return target_state.models_loaded() if target_state else None
 
 
 def settings_needing_restart(old: Config, new: Config) -> list[str]:

@@ -54,7 +54,6 @@ class VadProbe(ProbeSettings):
 
 class TimestampProbe(ProbeSettings):
     clip: str = "default"
-    allow_model_load: bool = False
 
 
 class StreamProbe(ProbeSettings):
@@ -63,7 +62,6 @@ class StreamProbe(ProbeSettings):
     pace: Literal["realtime", "fast"] = "realtime"
     client_id_prefix: str = Field(default="whoasr-exporter", pattern=r"^[A-Za-z0-9_.-]{1,40}$")
     max_cer: float = Field(default=0.2, ge=0, le=1)
-    allow_model_load: bool = False
 
 
 class StreamVadProbe(ProbeSettings):

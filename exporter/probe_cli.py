@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from exporter import logs
 from exporter.client import TargetClient, new_session, public_url
 from exporter.clips import ClipError, clip_from_file
-from exporter.config import ClipConfig, Config, ConfigError, TargetConfig, load_config
+from exporter.config import ClipConfig, Config, ConfigError, TargetConfig, TLSConfig, load_config
 from exporter.kinds import MODULES, PROBE_KINDS, is_scrape
 from exporter.results import ProbeResult, Trace
 from exporter.runner import Runner
@@ -51,6 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="timeout of each probe in seconds (default: the configured schedule timeout)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="print each run's trace (requests, statuses, messages, checks) on stderr")
+    tls = parser.add_argument_group("TLS towards an https:// target (override the target's tls_config)")
+    tls.add_argument("--ca-file", metavar="PEM", help="CA certificates to verify the server with")
+    tls.add_argument("--cert-file", metavar="PEM", help="client certificate (mTLS), with --key-file")
+    tls.add_argument("--key-file", metavar="PEM", help="the client certificate's private key")
+    tls.add_argument("--server-name", metavar="NAME", help="name to send (SNI) and verify the certificate against")
+    tls.add_argument("--insecure-skip-verify", action="store_true",
+                     help="do not verify the server's certificate (testing only)")
 
 
 def _seconds(value: str) -> float:
@@ -104,6 +111,7 @@ def prepare(args: argparse.Namespace) -> tuple[Config, TargetConfig, list[str]]:
             target = TargetConfig(name=CLI_TARGET, url=args.target)
         except ValidationError as exc:
             raise UsageError(f"--target: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+    target = with_tls_flags(target, args)
     if args.module == "all":
         modules = ["health", *target.enabled_probes()]  # a URL target: DEFAULT_PROBES
     else:
@@ -111,6 +119,36 @@ def prepare(args: argparse.Namespace) -> tuple[Config, TargetConfig, list[str]]:
     if args.clip:
         config = with_clip(config, args.clip, args.transcript)
     return config, target, modules
+
+
+TLS_FLAGS = {"ca_file": "--ca-file", "cert_file": "--cert-file", "key_file": "--key-file",
+             "server_name": "--server-name"}
+
+
+def with_tls_flags(target: TargetConfig, args: argparse.Namespace) -> TargetConfig:
+    """The target with the TLS flags given laid over its tls_config; files checked now (exit 2)."""
+    from exporter.tls import TLSFileError, client_context
+
+    given = {key: str(Path(value).resolve()) if key.endswith("_file") else value
+             for key in TLS_FLAGS if (value := getattr(args, key, None))}
+    if getattr(args, "insecure_skip_verify", False):
+        given["insecure_skip_verify"] = True
+    if not given:
+        return target
+    if not target.url.startswith("https://"):
+        raise UsageError(f"{', '.join(TLS_FLAGS.get(key, '--insecure-skip-verify') for key in given)}: "
+                         "the target is not an https:// URL")
+    base = target.tls_config.model_dump() if target.tls_config else {}
+    try:
+        tls = TLSConfig(**{**base, **given})
+    except ValidationError as exc:
+        raise UsageError(exc.errors()[0]["msg"].removeprefix("Value error, ")
+                         .replace("cert_file", "--cert-file").replace("key_file", "--key-file")) from None
+    try:
+        client_context(tls)
+    except TLSFileError as exc:
+        raise UsageError(f"{TLS_FLAGS.get(exc.field, exc.field)}: {exc}") from None
+    return target.model_copy(update={"tls_config": tls})
 
 
 def with_clip(config: Config, path: str, transcript: str) -> Config:
@@ -164,7 +202,7 @@ async def run_modules(config: Config, target: TargetConfig, modules: list[str], 
         for kind in modules:
             budget = timeout or config.schedules.for_kind(kind).timeout
             trace = reporter.start(kind)
-            result = await runner.run(client, kind, budget, trace, cached_models=False, progress=reporter.progress)
+            result = await runner.run(client, kind, budget, trace, progress=reporter.progress)
             deliver(result, sinks)
     finally:
         await session.close()

@@ -169,7 +169,7 @@ class ProbeHandler:
         try:
             async with asyncio.timeout(budget + HARD_CUT_MARGIN):
                 # Fresh model state (one cheap /model/info) rather than the scheduled scrape's.
-                return await self.daemon.runner.run(client, module, budget, trace, cached_models=False)
+                return await self.daemon.runner.run(client, module, budget, trace)
         except TimeoutError:
             trace(f"FAILED timeout at deadline: no result within the {budget:g}s budget")
             return ProbeResult(target=client.name, probe=module, success=False, started_at=started_at,

@@ -1,12 +1,13 @@
 """One run of one kind against one target, to a result: what scheduled runs, `/probe` and the probe CLI
 share. It keeps `/health` apart from the probes of the same target (the gate), loads the probe's clip
-off the event loop, and hands the probe the model state it last knew.
+off the event loop. No model state is handed down: a probe whose request could load a model reads
+the state afresh itself (probes/model_check.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Callable, Mapping, Optional
+from typing import Callable, Optional
 
 from exporter.client import TargetClient
 from exporter.config import Config
@@ -16,17 +17,9 @@ from exporter.probes import ProbeContext, failed, run_probe
 from exporter.results import Failure, ProbeResult, Trace
 from exporter.scrape import scrape
 
-ModelState = Callable[[str], Optional[Mapping[str, bool]]]  # target name -> last known loaded flags
-
-
-def no_model_state(target: str) -> None:
-    return None
-
-
 class Runner:
-    def __init__(self, config: Config, model_state: ModelState = no_model_state):
+    def __init__(self, config: Config):
         self.config = config  # replaced on reload
-        self.model_state = model_state
         self.gates: dict[str, TargetGate] = {}
 
     def gate(self, target: str) -> TargetGate:
@@ -36,17 +29,16 @@ class Runner:
         self.gates = {name: gate for name, gate in self.gates.items() if name in targets}
 
     async def run(self, client: TargetClient, kind: str, timeout: float, trace: Optional[Trace] = None,
-                  cached_models: bool = True, progress: Optional[Callable[[str], None]] = None) -> ProbeResult:
-        """A scrape or a probe; `cached_models=False` makes a probe read the model state afresh."""
+                  progress: Optional[Callable[[str], None]] = None) -> ProbeResult:
+        """A scrape or a probe."""
         if is_scrape(kind):
             if kind == "health":
                 async with self.gate(client.name).exclusive():
                     return await scrape(client, kind, timeout, trace)
             return await scrape(client, kind, timeout, trace)
         settings = self.config.probes.for_kind(kind)
-        models = self.model_state(client.name) if cached_models else None
         async with self.gate(client.name).shared():
-            ctx = ProbeContext(client=client, settings=settings, timeout=timeout, models_loaded=models,
+            ctx = ProbeContext(client=client, settings=settings, timeout=timeout,
                                trace=trace or Trace(), progress=progress)
             clip_name = getattr(settings, "clip", None)
             if clip_name is not None:

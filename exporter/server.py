@@ -6,8 +6,10 @@ daemon serves itself through this module; this module knows it only as the `Expo
 
 from __future__ import annotations
 
+import asyncio
 import html
 import time
+import zlib
 from typing import Protocol
 from urllib.parse import quote
 
@@ -69,8 +71,39 @@ async def metrics(request: web.Request) -> web.Response:
     daemon: Exporter = request.app[DAEMON]
     openmetrics = wants_openmetrics(request.headers.get("Accept", ""))
     body = daemon.exposition.render(openmetrics)
-    return web.Response(body=body, headers={"Content-Type": OPENMETRICS_CONTENT_TYPE if openmetrics
-                                                           else TEXT_CONTENT_TYPE})
+    headers = {"Content-Type": OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE,
+               "Vary": "Accept-Encoding"}
+    if accepts_gzip(request.headers.get("Accept-Encoding", "")):
+        # ~3 MiB at 200 targets takes a few ms to compress: off the loop, so stream pacing never waits on it.
+        body = await asyncio.to_thread(gzip_body, body)
+        headers["Content-Encoding"] = "gzip"
+    return web.Response(body=body, headers=headers)
+
+
+GZIP_LEVEL = 3  # bench/metrics_gzip.py: as small as level 6 within 10 %, at less than half its cost
+
+
+def gzip_body(body: bytes, level: int = GZIP_LEVEL) -> bytes:
+    compressor = zlib.compressobj(level, zlib.DEFLATED, 31)  # wbits 31: the gzip format
+    return compressor.compress(body) + compressor.flush()
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether the client takes gzip (RFC 9110 Accept-Encoding: `gzip`, or `*`, with a q above 0)."""
+    weights: dict[str, float] = {}
+    for item in accept_encoding.lower().split(","):
+        coding, _, params = item.strip().partition(";")
+        weight = 1.0
+        for param in params.split(";"):
+            name, _, value = param.strip().partition("=")
+            if name == "q":
+                try:
+                    weight = float(value)
+                except ValueError:
+                    weight = 0.0
+        if coding:
+            weights[coding.strip()] = weight
+    return weights.get("gzip", weights.get("x-gzip", weights.get("*", 0.0))) > 0
 
 
 async def healthy(request: web.Request) -> web.Response:

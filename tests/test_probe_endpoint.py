@@ -233,3 +233,19 @@ def test_openmetrics_is_negotiated(stack):
     assert status == 200
     assert headers["Content-Type"].startswith("application/openmetrics-text")
     assert body.decode().rstrip().endswith("# EOF")
+
+
+@pytest.mark.parametrize("module,model", [("batch", "offline_asr"), ("punctuation", "punctuation")])
+def test_unloaded_on_demand_model_is_read_afresh_and_not_loaded(stack, module, model):
+    """The same fresh model check as scheduled runs: its read is in the debug trace, nothing is sent."""
+    url = stack.urls["v2"]
+    sim_put(url, f"models/{model}", {"loaded": False})
+    before = sim_stats(url)
+    status, text, _ = probe(stack, "asr-v2", module, debug=True)
+    assert status == 200
+    assert f"model check: {model} not loaded" in text and "FAILED model_not_loaded at model_check" in text, text
+    after = sim_stats(url)
+    assert after["on_demand_loads"][model] == 0
+    assert after["requests"]["model_info"] == before["requests"]["model_info"] + 1
+    endpoint = "recognize" if module == "batch" else "punctuation"
+    assert after["requests"][endpoint] == before["requests"][endpoint]

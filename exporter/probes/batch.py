@@ -22,8 +22,6 @@ async def run(ctx: ProbeContext) -> ProbeResult:
 async def _probe(ctx: ProbeContext, result: ProbeResult) -> None:
     settings, clip = ctx.settings, ctx.clip
     result.expected_transcript = clip.transcript
-    # whoAsr would load the offline model on demand and block for minutes: only if the user allowed it.
-    ctx.require_model(KIND)
     form = audio_form(
         clip, "file",
         batch_size_s=str(settings.batch_size_s),
