@@ -12,6 +12,7 @@ import gc
 import signal
 import ssl
 import sys
+import time
 from typing import Optional
 
 import aiohttp
@@ -25,6 +26,7 @@ from exporter.history import History
 from exporter.kinds import SCRAPE_KINDS
 from exporter.metrics import Exposition, process_registry
 from exporter.probes import probe_function
+from exporter.results import ProbeResult
 from exporter.runner import Runner
 from exporter.scheduler import Plan, Scheduler
 from exporter.server import start_server
@@ -51,9 +53,10 @@ class Daemon:
         self.session: Optional[aiohttp.ClientSession] = None
         self.clients: dict[str, TargetClient] = {}
         self.tls_contexts: dict[TLSConfig, ssl.SSLContext] = {}  # one per distinct targets[].tls_config
-        self.runner = Runner(config)
+        self.runner = Runner(config, self.state.internal_errors)
         self.sinks: list[Sink] = [self.state, self.history, LogSink()]  # where every scheduled result goes
-        self.scheduler = Scheduler(self.run_job, self.state.record_skip, self.state.scheduler_lag.observe)
+        self.scheduler = Scheduler(self.run_job, self.state.record_skip, self.state.scheduler_lag.observe,
+                                   self.run_crashed)
         self.ready = False
         self._reload_lock = asyncio.Lock()
 
@@ -150,7 +153,8 @@ class Daemon:
                                         discovery.last_read_ok if discovery.patterns else None)
 
     def _client(self, target: TargetConfig) -> TargetClient:
-        assert self.session is not None
+        if self.session is None:
+            raise RuntimeError("the daemon's HTTP session is made in start(); no client before that")
         return TargetClient(self.session, target, self.tls_contexts.get(target.tls_config))
 
     async def reload(self) -> tuple[bool, str]:
@@ -189,7 +193,15 @@ class Daemon:
         client = self.clients.get(target)
         if client is None:
             return
-        deliver(await self.runner.run(client, kind, timeout), self.sinks)
+        deliver(await self.runner.run(client, kind, timeout), self.sinks, self.state.internal_errors)
+
+    def run_crashed(self, target: str, kind: str, exc: BaseException) -> None:
+        """The scheduler's last resort (run_job itself failed): counted, logged, and a failed result
+        recorded so that the run's signals do not freeze."""
+        detail = self.state.internal_errors.report("scheduler", exc, target, kind)
+        result = ProbeResult(target=target, probe=kind, success=False, started_at=time.time(), duration_seconds=0.0,
+                             reason="bad_response", detail=detail, step="internal")
+        deliver(result, self.sinks, self.state.internal_errors)
 
 
 

@@ -104,7 +104,7 @@ class ProbeHandler:
                 result = await self.run(client, module, budget, trace)
         finally:
             self.limiter.release()
-        deliver(result, self.sinks)
+        deliver(result, self.sinks, self.daemon.runner.errors)
         if debug:
             text = debug_report(client, module, budget_note, trace, result, render_result(result).decode())
             return web.Response(text=text, headers=_PLAIN_HEADERS)
