@@ -81,6 +81,8 @@ class Daemon:
         while True:
             await asyncio.sleep(POLL_SECONDS)
             discovery = self.discovery
+            if not discovery.patterns:
+                continue
             try:
                 changed = await asyncio.to_thread(discovery.refresh)
             except Exception as exc:  # noqa: BLE001 - the watcher must outlive any one bad read
