@@ -34,6 +34,7 @@ def build_app(daemon: "Daemon") -> web.Application:
     app.router.add_get("/-/ready", ready)
     app.router.add_get("/api/history", history)
     app.router.add_post("/-/reload", reload)
+    app.router.add_get("/runbook", runbook_page)
     probe_endpoint.add_routes(app, daemon)
     return app
 
@@ -76,6 +77,13 @@ async def history(request: web.Request) -> web.Response:
     if not limit.isdigit() or not 1 <= int(limit) <= MAX_HISTORY_LIMIT:
         return web.Response(status=400, text=f"limit: expected a whole number from 1 to {MAX_HISTORY_LIMIT}\n")
     return web.json_response(daemon.history.to_json(target, probe, int(limit)), dumps=_dumps)
+
+
+async def runbook_page(request: web.Request) -> web.Response:
+    """The alerts' runbook_url lands here by default (config `links.runbook`), one anchor per alert."""
+    from exporter import runbook
+
+    return web.Response(text=runbook.html_page(), content_type="text/html", charset="utf-8")
 
 
 async def reload(request: web.Request) -> web.Response:
