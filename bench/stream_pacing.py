@@ -3,8 +3,9 @@
     python bench/stream_pacing.py [--sessions 50] [--frame-ms 100] [--api v2] [--stagger]
 
 Starts a simulator on 127.0.0.1, runs N stream probes at once (real-time pace, the built-in 5.2 s clip)
-from this process, and prints the lateness of every frame against its schedule (t0 + k * frame_ms)
-across all sessions, the spread of first-result and final latencies, and the CPU both processes used.
+from this process, and prints the lateness of every frame against its schedule (frame k leaves once its
+audio has been recorded: start of speech + (k+1) * frame_ms) across all sessions, the spread of
+first-result, result-lag and final latencies, and the CPU both processes used.
 Target: pacing within 5 ms of schedule with 50 concurrent sessions on this 2-core machine.
 
 By default every session starts at the same instant, so all of them have frames due at the same
@@ -86,6 +87,7 @@ def report(runs: list[tuple[ProbeResult, Pacing]], wall: float, own_cpu: float, 
     failed = [f"{r.reason}@{r.step}" for r in results if not r.success]
     firsts = [r.stream.first_result_seconds for r in results if r.stream.first_result_seconds is not None]
     finals = [r.stream.final_result_seconds for r in results if r.stream.final_result_seconds is not None]
+    lags = [lag for r in results for lag in r.stream.result_lags]
     worst = [r.stream.max_pacing_error_seconds for r in results if r.stream.max_pacing_error_seconds is not None]
     outcome = f"{len(results) - len(failed)} passed" + (f", failed: {', '.join(failed)}" if failed else "")
     print(f"sessions {len(results)} ({outcome}), "
@@ -99,6 +101,8 @@ def report(runs: list[tuple[ProbeResult, Pacing]], wall: float, own_cpu: float, 
           f"p99 {ms(loop_lags, 99)}  max {max(loop_lags) * 1000:7.2f}")
     print(f"first result (ms):  min {min(firsts) * 1000:7.1f}  p50 {ms(firsts, 50)}  p95 {ms(firsts, 95)}  "
           f"max {max(firsts) * 1000:7.1f}")
+    print(f"result lag (ms):    min {min(lags) * 1000:7.1f}  p50 {ms(lags, 50)}  p95 {ms(lags, 95)}  "
+          f"max {max(lags) * 1000:7.1f}  ({len(lags)} results)")
     print(f"final (ms):         min {min(finals) * 1000:7.1f}  p50 {ms(finals, 50)}  p95 {ms(finals, 95)}  "
           f"max {max(finals) * 1000:7.1f}")
     print(f"CPU: prober {own_cpu:.2f} s ({own_cpu / wall * 100:.0f}% of one core), "

@@ -25,7 +25,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from exporter import daemon
 
-    return daemon.main(args.config, listen=args.listen, log_format=args.log_format)
+    return daemon.main(args.config, listen=args.listen, log_format=args.log_format, shard=args.shard)
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -66,6 +66,8 @@ def build_parser(selected: Optional[str] = None) -> argparse.ArgumentParser:
     serve.add_argument("--listen", help="HOST:PORT to serve on, overriding exporter.listen")
     serve.add_argument("--log-format", choices=["json", "console", "auto"],
                        help="override exporter.log_format (auto: console in a terminal)")
+    serve.add_argument("--shard", metavar="I/N",
+                       help="probe only the targets that hash to shard I of N (0-based), overriding exporter.shard")
     serve.set_defaults(func=_cmd_serve)
 
     check = commands.add_parser("check-config", help="validate a config file; exit 2 if it is invalid")

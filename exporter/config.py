@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -30,6 +31,8 @@ DEFAULT_PROBES = ("batch", "stream", "punctuation", "vad", "timestamp")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$")
+# A discovered target's name is its URL without the scheme (host, port and path prefix).
+_DISCOVERED_NAME = re.compile(r"^[A-Za-z0-9\[][^\s\"'\\]{0,254}$")
 
 
 class ConfigError(Exception):
@@ -87,7 +90,20 @@ class ExporterConfig(_Strict):
     history_size: int = Field(default=20, ge=1, le=1000)
     history_failures_size: int = Field(default=50, ge=1, le=1000)
     shutdown_grace: Duration = 10.0
+    shard: Optional[str] = None  # "I/N": probe only the targets that hash to shard I of N (--shard wins)
     web: WebConfig = Field(default_factory=WebConfig)
+
+    @field_validator("shard")
+    @classmethod
+    def _shard(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None:
+            from exporter.shard import ShardError, parse_shard
+
+            try:
+                parse_shard(value)
+            except ShardError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("listen")
     @classmethod
@@ -123,7 +139,11 @@ class TargetConfig(_Strict):
 
     @field_validator("name")
     @classmethod
-    def _name(cls, value: str) -> str:
+    def _name(cls, value: str, info: ValidationInfo) -> str:
+        if info.context and info.context.get("discovered"):
+            if not _DISCOVERED_NAME.match(value):
+                raise ValueError("expected the URL's host[:port][/path] without spaces or quotes (it becomes a label)")
+            return value
         if not _NAME.match(value):
             raise ValueError(
                 "expected a short name of letters, digits, '_', '.', ':' or '-' (it becomes a label value)"
@@ -309,9 +329,13 @@ class Probes(_Strict):
         return getattr(self, kind)
 
 
+TARGETS_FILE_SUFFIXES = (".json", ".yml", ".yaml")
+
+
 class Config(_Strict):
     exporter: ExporterConfig = Field(default_factory=ExporterConfig)
     targets: tuple[TargetConfig, ...] = ()
+    targets_files: tuple[str, ...] = ()  # globs of Prometheus file_sd files; relative to the config file
     schedules: Schedules = Field(default_factory=Schedules)
     thresholds: Thresholds = Field(default_factory=Thresholds)
     clips: dict[str, ClipConfig] = Field(default_factory=dict)
@@ -326,6 +350,17 @@ class Config(_Strict):
             if target.name in seen:
                 raise ValueError(f"target name {target.name!r} is used twice; names must be unique")
             seen.add(target.name)
+        return value
+
+    @field_validator("targets_files")
+    @classmethod
+    def _targets_files(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in value:
+            if not pattern.strip():
+                raise ValueError("an empty pattern; expected a glob like targets/*.yml")
+            if not pattern.endswith(TARGETS_FILE_SUFFIXES):
+                raise ValueError(f"{pattern!r}: expected a glob of .json, .yml or .yaml files (file_sd's formats), "
+                                 "like targets/*.yml")
         return value
 
     @field_validator("clips")
@@ -402,7 +437,10 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         if not path.is_file():
             raise ConfigError(f"{source}: clips.{name}.path: no such file {str(path)!r}")
         clips[name] = clip.model_copy(update={"path": str(path)})
-    return config.model_copy(update={"clips": clips})
+    # Targets file globs too, as Prometheus resolves file_sd paths against its config file.
+    targets_files = tuple(pattern if Path(pattern).is_absolute() else str(base.resolve() / pattern)
+                          for pattern in config.targets_files)
+    return config.model_copy(update={"clips": clips, "targets_files": targets_files})
 
 
 def load_config(path: str | Path) -> Config:

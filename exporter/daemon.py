@@ -18,6 +18,7 @@ import structlog
 from exporter import logs, websecurity
 from exporter.client import TargetClient, new_session
 from exporter.config import SCRAPE_KINDS, Config, ConfigError, TargetConfig, load_config, load_config_or_report
+from exporter.discovery import POLL_SECONDS, TargetsFiles, merge_targets
 from exporter.gate import TargetGate
 from exporter.history import History
 from exporter.metrics import Exposition, process_registry
@@ -25,15 +26,21 @@ from exporter.probes import ProbeContext, failed, probe_function, run_probe
 from exporter.results import Failure, ProbeResult, ScrapeResult, Trace
 from exporter.scheduler import Plan, Scheduler
 from exporter.scrape import scrape
+from exporter.shard import Shard, ShardError, effective_shard
 from exporter.state import ExporterState
 
 log = structlog.get_logger("exporter.daemon")
 
 
 class Daemon:
-    def __init__(self, config: Config, config_path: Optional[str] = None):
+    def __init__(self, config: Config, config_path: Optional[str] = None, shard: Optional[str] = None):
         self.config = config
         self.config_path = config_path
+        self.shard_override = shard  # --shard I/N; wins over exporter.shard
+        self.shard: Shard = effective_shard(shard, config.exporter.shard)
+        self.discovery = TargetsFiles(config.targets_files)
+        self.targets: tuple[TargetConfig, ...] = ()  # what this exporter probes: merged, then sharded
+        self._watch: Optional[asyncio.Task] = None
         thresholds = config.thresholds
         self.state = ExporterState(thresholds.response_time_seconds, thresholds.stream_first_result_seconds)
         self.history = History(config.exporter.history_size, config.exporter.history_failures_size)
@@ -48,43 +55,86 @@ class Daemon:
     # --- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
         self.session = new_session()
+        await asyncio.to_thread(self.discovery.refresh)
         self.apply(self.config)
         self.state.record_reload(True)
         # Import what the configured probes need now rather than mid-run, then move everything built so far
         # out of the collector's reach: full collections then scan only new objects (~100 ms -> a few ms),
         # which keeps /metrics and stream pacing free of GC pauses.
-        for kind in sorted({kind for target in self.config.targets for kind in target.enabled_probes()}):
+        for kind in sorted({kind for target in self.targets for kind in target.enabled_probes()}):
             probe_function(kind)
         gc.freeze()
         self.scheduler.start()
+        self._watch = asyncio.create_task(self._watch_targets_files(), name="targets-files")
         self.ready = True
+
+    async def _watch_targets_files(self) -> None:
+        """Re-reads the targets files every POLL_SECONDS; a changed target list is applied at once."""
+        while True:
+            await asyncio.sleep(POLL_SECONDS)
+            discovery = self.discovery
+            try:
+                changed = await asyncio.to_thread(discovery.refresh)
+            except Exception as exc:  # noqa: BLE001 - the watcher must outlive any one bad read
+                log.error("targets files refresh failed", reason="refresh_error", error=repr(exc))
+                continue
+            self._record_discovery()
+            if changed and discovery is self.discovery:
+                self._apply_targets()
+                log.info("targets files applied", targets=len(self.targets), shard=str(self.shard))
 
     async def stop(self, grace: Optional[float] = None) -> None:
         self.ready = False
+        if self._watch is not None:
+            self._watch.cancel()
         await self.scheduler.shutdown(self.config.exporter.shutdown_grace if grace is None else grace)
         if self.session is not None:
             await self.session.close()
 
-    def apply(self, config: Config) -> None:
-        """Switches to a validated config: clients, gates, state and jobs follow the new target list."""
+    def apply(self, config: Config, discovery: Optional[TargetsFiles] = None) -> None:
+        """Switches to a validated config (and, when its globs changed, to freshly read targets files)."""
         self.config = config
+        if discovery is not None:
+            self.discovery = discovery
+        shard = effective_shard(self.shard_override, config.exporter.shard)
+        if shard != self.shard:
+            self.shard = shard
         self.state.set_thresholds(config.thresholds.response_time_seconds,
                                   config.thresholds.stream_first_result_seconds)
+        self._record_discovery()
+        self._apply_targets()
+
+    def _apply_targets(self) -> None:
+        """Clients, gates, state and jobs follow the target list: configured and discovered targets,
+        then only those of this exporter's shard."""
+        config = self.config
+        configured, discovered = merge_targets(config.targets, self.discovery.targets())
+        self.shard.forget_except({t.url for t in (*configured, *discovered)})
+        configured = [t for t in configured if self.shard.keeps(t.url)]
+        discovered = [t for t in discovered if self.shard.keeps(t.url)]
+        self.targets = (*configured, *discovered)
+        self.state.record_targets({"config": len(configured), "files": len(discovered)},
+                                  (self.shard.index, self.shard.count))
         clients: dict[str, TargetClient] = {}
-        for target in config.targets:
+        for target in self.targets:
             old = self.clients.get(target.name)
             clients[target.name] = old if old is not None and old.target == target else self._client(target)
             self.gates.setdefault(target.name, TargetGate())
         self.clients = clients
         self.gates = {name: gate for name, gate in self.gates.items() if name in clients}
-        self.state.set_targets({t.name: t.enabled_probes() for t in config.targets})
+        self.state.set_targets({t.name: t.enabled_probes() for t in self.targets})
         self.history.forget_targets(set(clients))
         plans = {}
-        for target in config.targets:
+        for target in self.targets:
             for kind in (*SCRAPE_KINDS, *target.enabled_probes()):
                 schedule = config.schedules.for_kind(kind)
                 plans[(target.name, kind)] = Plan(schedule.interval, schedule.timeout)
         self.scheduler.sync(plans)
+
+    def _record_discovery(self) -> None:
+        discovery = self.discovery
+        self.state.record_targets_files(discovery.errors_total,
+                                        discovery.last_read_ok if discovery.patterns else None)
 
     def _client(self, target: TargetConfig) -> TargetClient:
         assert self.session is not None
@@ -104,10 +154,14 @@ class Daemon:
             for setting in settings_needing_restart(self.config, config):
                 log.warning("config change needs a restart", setting=setting, reason="restart_required",
                             path=self.config_path)
-            self.apply(config)
+            discovery = None
+            if config.targets_files != self.discovery.patterns:
+                discovery = TargetsFiles(config.targets_files)
+                await asyncio.to_thread(discovery.refresh)
+            self.apply(config, discovery)
             self.state.record_reload(True)
-            log.info("config reloaded", path=self.config_path, targets=len(config.targets))
-            return True, f"reloaded {len(config.targets)} targets"
+            log.info("config reloaded", path=self.config_path, targets=len(self.targets), shard=str(self.shard))
+            return True, f"reloaded {len(self.targets)} targets"
 
     # --- runs -----------------------------------------------------------------------------------
     async def run_job(self, target: str, kind: str, timeout: float) -> None:
@@ -173,14 +227,15 @@ def settings_needing_restart(old: Config, new: Config) -> list[str]:
     return changed
 
 
-async def serve(config: Config, config_path: Optional[str], host: str, port: int) -> int:
+async def serve(config: Config, config_path: Optional[str], host: str, port: int,
+                shard: Optional[str] = None) -> int:
     """Runs the daemon and its web server until SIGTERM/SIGINT; SIGHUP reloads the config."""
     from exporter.server import start_server
 
-    daemon = Daemon(config, config_path)
+    daemon = Daemon(config, config_path, shard)
     await daemon.start()
     runner = await start_server(daemon, host, port)
-    log.info("exporter listening", address=f"{host}:{port}", targets=len(config.targets))
+    log.info("exporter listening", address=f"{host}:{port}", targets=len(daemon.targets), shard=str(daemon.shard))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -205,10 +260,16 @@ async def serve(config: Config, config_path: Optional[str], host: str, port: int
     return 0
 
 
-def main(config_path: str, listen: Optional[str] = None, log_format: Optional[str] = None) -> int:
+def main(config_path: str, listen: Optional[str] = None, log_format: Optional[str] = None,
+         shard: Optional[str] = None) -> int:
     config = load_config_or_report(config_path)
     if config is None:
         print("refusing to start with an invalid config", file=sys.stderr)
+        return 2
+    try:
+        effective_shard(shard, config.exporter.shard)
+    except ShardError as exc:
+        print(f"--shard: {exc}", file=sys.stderr)
         return 2
     logs.setup(log_format or config.exporter.log_format, config.exporter.log_level)
     host, _, port = (listen or config.exporter.listen).rpartition(":")
@@ -220,4 +281,4 @@ def main(config_path: str, listen: Optional[str] = None, log_format: Optional[st
     except websecurity.WebConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    return asyncio.run(serve(config, config_path, host.strip("[]") or "0.0.0.0", int(port)))
+    return asyncio.run(serve(config, config_path, host.strip("[]") or "0.0.0.0", int(port), shard))

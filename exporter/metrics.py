@@ -74,7 +74,9 @@ FAMILIES = [Family(*spec) for spec in (
     ("whoasr_probe_character_error_rate", "gauge", "Character error rate of the last run."),
     # the voice path
     ("whoasr_stream_connect_seconds", "histogram", "TCP + WebSocket handshake."),
-    ("whoasr_stream_first_result_seconds", "histogram", "First audio frame sent -> first recognition_result."),
+    ("whoasr_stream_first_result_seconds", "histogram", "Start of speech -> first recognition_result."),
+    ("whoasr_stream_result_lag_seconds", "histogram",
+     "Per result: arrival minus the instant the audio it was computed from had been fully spoken."),
     ("whoasr_stream_final_result_seconds", "histogram", "stop_recording sent -> end of session."),
     ("whoasr_stream_partial_results", "counter", "Partial results received."),
 )]
@@ -191,6 +193,7 @@ def probe_lines(target_name: str, kind: str, stats: ProbeStats) -> Lines:
         tl = labels(target=target_name)
         out.histogram("whoasr_stream_connect_seconds", tl, stats.stream.connect)
         out.histogram("whoasr_stream_first_result_seconds", tl, stats.stream.first_result)
+        out.histogram("whoasr_stream_result_lag_seconds", tl, stats.stream.result_lag)
         out.histogram("whoasr_stream_final_result_seconds", tl, stats.stream.final_result)
         out.counter("whoasr_stream_partial_results", tl, stats.stream.partial_results_total)
     return out
@@ -267,6 +270,14 @@ class Exposition:
             out.add("whoasr_exporter_config_last_reload_success_timestamp_seconds", "",
                     state.config_reload_success_timestamp)
         out.histogram("whoasr_exporter_scheduler_lag_seconds", "", state.scheduler_lag)
+        for source, count in sorted(state.targets_by_source.items()):
+            out.add("whoasr_exporter_targets", labels(source=source), count)
+        index, count = state.shard
+        out.add("whoasr_exporter_shard_info", labels(shard=str(index), shards=str(count)), 1.0)
+        if state.targets_files_last_read_ok is not None:
+            out.add("whoasr_exporter_targets_files_last_read_successful", "",
+                    1.0 if state.targets_files_last_read_ok else 0.0)
+            out.counter("whoasr_exporter_targets_file_errors", "", state.targets_file_errors_total)
         return "".join(render_families([out.joined()], openmetrics, EXPORTER_FAMILIES))
 
 
@@ -276,6 +287,11 @@ EXPORTER_FAMILIES = [Family(*spec) for spec in (
     ("whoasr_exporter_config_last_reload_success_timestamp_seconds", "gauge",
      "When the config was last loaded successfully."),
     ("whoasr_exporter_scheduler_lag_seconds", "histogram", "How late scheduled runs started compared to their due time."),
+    ("whoasr_exporter_targets", "gauge", "Targets this exporter probes (after sharding), by source: config or files."),
+    ("whoasr_exporter_shard_info", "gauge", "1; this exporter's shard and the number of shards (0/1: not sharded)."),
+    ("whoasr_exporter_targets_files_last_read_successful", "gauge",
+     "1 if every targets file was valid when last read (a bad one keeps its last good targets)."),
+    ("whoasr_exporter_targets_file_errors", "counter", "Targets files that could not be read or parsed."),
 )]
 
 
@@ -306,7 +322,8 @@ RESULT_FAMILIES = [Family(*spec) for spec in (
     ("whoasr_probe_real_time_factor", "gauge", "Processing time / audio duration."),
     ("whoasr_probe_character_error_rate", "gauge", "Character error rate of the transcript."),
     ("whoasr_stream_connect_seconds", "gauge", "TCP + WebSocket handshake."),
-    ("whoasr_stream_first_result_seconds", "gauge", "First audio frame sent -> first recognition_result."),
+    ("whoasr_stream_first_result_seconds", "gauge", "Start of speech -> first recognition_result."),
+    ("whoasr_stream_result_lag_seconds", "gauge", "The largest result lag of the run (see the histogram's help)."),
     ("whoasr_stream_final_result_seconds", "gauge", "stop_recording sent -> end of session."),
     ("whoasr_stream_partial_results", "gauge", "Partial results received."),
 )]
@@ -345,6 +362,7 @@ def render_result(result: ProbeResult | ScrapeResult, openmetrics: bool = False)
             for family, value in (
                 ("whoasr_stream_connect_seconds", result.stream.connect_seconds),
                 ("whoasr_stream_first_result_seconds", result.stream.first_result_seconds),
+                ("whoasr_stream_result_lag_seconds", max(result.stream.result_lags, default=None)),
                 ("whoasr_stream_final_result_seconds", result.stream.final_result_seconds),
                 ("whoasr_stream_partial_results", float(result.stream.partial_results)),
             ):

@@ -262,6 +262,8 @@ def _figures(row: Row) -> str:
         parts = [f"connect {_ms(stream.connect_seconds)}"]
         if stream.first_result_seconds is not None:
             parts.append(f"first result {_ms(stream.first_result_seconds)}")
+        if stream.result_lags:
+            parts.append(f"lag max {_ms(max(stream.result_lags))}")
         if stream.final_result_seconds is not None:
             parts.append(f"final {_ms(stream.final_result_seconds)}")
         parts.append(f"{stream.partial_results} partials")

@@ -278,4 +278,6 @@ def _scrape_lines(result: ScrapeResult) -> list[str]:
 
 
 def _fmt(value) -> str:
+    if isinstance(value, list):
+        return "[" + " ".join(_fmt(item) for item in value) + "]"
     return f"{value:.3f}s" if isinstance(value, float) else str(value)

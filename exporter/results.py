@@ -79,6 +79,9 @@ class StreamTimings:
     final_received: bool = False
     frames_sent: int = 0
     max_pacing_error_seconds: Optional[float] = None
+    # Per result, in arrival order: its lag behind the speech it was computed from (probes/result_lag.py).
+    # Real-time recognition sessions only; at most result_lag.MAX_RESULTS.
+    result_lags: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -143,7 +146,8 @@ class ProbeResult:
             "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in self.checks],
         }
         if self.stream is not None:
-            data["stream"] = dict(vars(self.stream))
+            data["stream"] = {key: list(value) if isinstance(value, list) else value
+                              for key, value in vars(self.stream).items()}
         return data
 
 

@@ -116,7 +116,7 @@ async def landing_page(request: web.Request) -> web.Response:
     now = time.time()
     esc = html.escape
     rows = []
-    for target in daemon.config.targets:
+    for target in daemon.targets:
         state = daemon.state.targets.get(target.name)
         if state is None:
             continue

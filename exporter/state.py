@@ -69,7 +69,13 @@ class StreamStats:
     connect: Histogram
     first_result: Histogram
     final_result: Histogram
+    result_lag: Histogram
     partial_results_total: int = 0
+
+    @classmethod
+    def empty(cls, buckets: tuple[float, ...], partial_results_total: int = 0) -> "StreamStats":
+        return cls(Histogram(buckets), Histogram(buckets), Histogram(buckets), Histogram(buckets),
+                   partial_results_total)
 
 
 @dataclass
@@ -127,6 +133,10 @@ class ExporterState:
         self.config_reload_successful: Optional[bool] = None
         self.config_reload_success_timestamp: Optional[float] = None
         self.scheduler_lag = Histogram(SCHEDULER_LAG_BUCKETS)
+        self.targets_by_source: dict[str, int] = {}  # targets probed here, by where they came from
+        self.shard: tuple[int, int] = (0, 1)
+        self.targets_file_errors_total = 0
+        self.targets_files_last_read_ok: Optional[bool] = None  # None: no targets_files configured
         self.probe_buckets = with_thresholds(PROBE_DURATION_BUCKETS, response_time_seconds)
         self.stream_buckets = with_thresholds(STREAM_BUCKETS, stream_first_result_seconds)
 
@@ -143,8 +153,7 @@ class ExporterState:
             for stats in target.probes.values():
                 stats.duration = Histogram(probe_buckets)
                 if stats.stream is not None:
-                    stats.stream = StreamStats(Histogram(stream_buckets), Histogram(stream_buckets),
-                                               Histogram(stream_buckets), stats.stream.partial_results_total)
+                    stats.stream = StreamStats.empty(stream_buckets, stats.stream.partial_results_total)
             self._changed(target.name, None)
 
     def _changed(self, target: str, section: Optional[str]) -> None:
@@ -174,8 +183,7 @@ class ExporterState:
         if stats is None:
             stats = ProbeStats(duration=Histogram(self.probe_buckets))
             if kind in ("stream",):
-                stats.stream = StreamStats(Histogram(self.stream_buckets), Histogram(self.stream_buckets),
-                                           Histogram(self.stream_buckets))
+                stats.stream = StreamStats.empty(self.stream_buckets)
             target.probes[kind] = stats
         return stats
 
@@ -243,6 +251,8 @@ class ExporterState:
                 stats.stream.first_result.observe(timings.first_result_seconds)
             if timings.final_result_seconds is not None:
                 stats.stream.final_result.observe(timings.final_result_seconds)
+            for lag in timings.result_lags:
+                stats.stream.result_lag.observe(lag)
             stats.stream.partial_results_total += timings.partial_results
 
     def record_skip(self, target_name: str, kind: str) -> None:
@@ -255,6 +265,14 @@ class ExporterState:
         else:
             self._probe(target, kind).skipped_total += 1
             self._changed(target_name, kind)
+
+    def record_targets(self, by_source: dict[str, int], shard: tuple[int, int]) -> None:
+        self.targets_by_source = dict(by_source)
+        self.shard = shard
+
+    def record_targets_files(self, errors_total: int, last_read_ok: Optional[bool]) -> None:
+        self.targets_file_errors_total = errors_total
+        self.targets_files_last_read_ok = last_read_ok
 
     def record_reload(self, success: bool) -> None:
         self.config_reload_successful = success

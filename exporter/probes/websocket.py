@@ -23,6 +23,7 @@ import numpy as np
 
 from exporter.clips import SAMPLE_RATE, Clip
 from exporter.probes import ProbeContext, failed
+from exporter.probes.result_lag import MAX_RESULTS, ResultLagClock
 from exporter.results import Failure, ProbeResult, StreamTimings, redact
 
 CLOSE_SECONDS = 1.0  # closing a socket must fit in run_probe's guard time, even against a silent server
@@ -40,10 +41,11 @@ class Dialect:
     stopped: str  # status message that ends the session
     result_type: str
     forbidden_means: Optional[str] = None  # a 403 on upgrade means this model is not loaded
+    measures_lag: bool = False  # results map to 9,600-sample strides (result_lag.py)
 
 
 RECOGNITION = Dialect("/ws/", "start_recording", "Recording started", "stop_recording", "Recording stopped",
-                      "recognition_result")
+                      "recognition_result", measures_lag=True)
 VAD = Dialect("/vad/ws/", "start_vad", "VAD started", "stop_vad", "VAD stopped", "vad_result",
               forbidden_means="VAD")
 
@@ -198,7 +200,8 @@ class Session:
         self.loop = asyncio.get_running_loop()
         self.socket: Optional[_Socket] = None
         self.phase = "connect"  # the step a failure belongs to
-        self.first_frame_at: Optional[float] = None
+        self.speech_start: Optional[float] = None  # the instant frame 0's audio begins
+        self.lag_clock: Optional[ResultLagClock] = None  # real-time recognition sessions only
         self.started = False
         self.stopped_at: Optional[float] = None
         self.results = 0
@@ -214,7 +217,7 @@ class Session:
             await self._send({"type": self.dialect.start})
             await self._collect(lambda: self.started, f"status {self.dialect.started!r}")
             self.phase = "audio"
-            await self._send_audio(frames, frame_ms / 1000, realtime, pacing)
+            await self._send_audio(frames, len(clip.samples), frame_ms, realtime, pacing)
             self.phase = "final"
             stop_sent_at = self.loop.time()
             await self._send({"type": self.dialect.stop})
@@ -229,11 +232,11 @@ class Session:
         """audio_seconds is the clip; processing_seconds is what the server added to it.
 
         Paced in real time, the audio itself takes audio_seconds to arrive, so processing_seconds is how
-        much longer than that the session lasted (first frame -> stop status, minus the audio; never
+        much longer than that the session lasted (start of speech -> stop status, minus the audio; never
         negative): a server that keeps up scores about 0, one that lags by a second scores 1. With
         `pace: fast` the whole clip is there at once, so it is the whole of first frame -> stop status.
         """
-        elapsed = self.stopped_at - self.first_frame_at
+        elapsed = self.stopped_at - self.speech_start
         self.result.audio_seconds = audio_seconds
         self.result.processing_seconds = max(elapsed - audio_seconds, 0.0) if realtime else elapsed
 
@@ -268,16 +271,22 @@ class Session:
             raise Failure("closed_early", f"cannot send: {type(exc).__name__}: {redact(str(exc), 80)}",
                           step=self.phase) from None
 
-    async def _send_audio(self, frames: list[str], frame_seconds: float, realtime: bool,
+    async def _send_audio(self, frames: list[str], total_samples: int, frame_ms: int, realtime: bool,
                           pacing: Optional[Pacing]) -> None:
-        """Frame k leaves at t0 + k * frame_seconds (no drift); `fast` sends as fast as the socket takes them."""
+        """Like a microphone: frame k leaves once its audio has been recorded, at the start of speech plus
+        the end of its audio ((k+1) * frame_ms, or the clip's end for a short last frame), with no drift.
+        `fast` sends as fast as the socket takes them, from the start of speech on."""
+        step = SAMPLE_RATE * frame_ms // 1000
         worst = 0.0
         try:
             async with asyncio.timeout(self.ctx.remaining()):
-                t0 = self.first_frame_at = self.loop.time()
+                t0 = self.speech_start = self.loop.time()
+                if realtime and self.dialect.measures_lag:
+                    self.lag_clock = ResultLagClock(speech_start=t0, total_samples=total_samples)
                 for k, frame in enumerate(frames):
+                    end = min((k + 1) * step, total_samples)
                     if realtime:
-                        due = t0 + k * frame_seconds
+                        due = t0 + end / SAMPLE_RATE
                         delay = due - self.loop.time()
                         if delay > 0:
                             await asyncio.sleep(delay)
@@ -286,7 +295,10 @@ class Session:
                         self.timings.max_pacing_error_seconds = worst
                         if pacing is not None:
                             pacing.lateness.append(late)
+                    sent_at = self.loop.time()
                     await self._send_text(frame)
+                    if self.lag_clock is not None:
+                        self.lag_clock.frame_sent(end - k * step, sent_at)
                     self.timings.frames_sent += 1
                     if not realtime:
                         await asyncio.sleep(0)  # let the reader take what has arrived
@@ -295,7 +307,7 @@ class Session:
             raise Failure("timeout", f"sent {self.timings.frames_sent} of {len(frames)} frames before the deadline",
                           step="audio") from None
         how = f"worst pacing error {worst * 1000:.2f} ms" if realtime else "pace: fast"
-        self.ctx.trace(f"sent {len(frames)} frames of {frame_seconds * 1000:g} ms in "
+        self.ctx.trace(f"sent {len(frames)} frames of {frame_ms} ms in "
                        f"{self.loop.time() - t0:.3f} s ({how})")
 
     def _drain(self) -> None:
@@ -332,9 +344,11 @@ class Session:
         if kind == self.dialect.result_type:
             is_final = self.on_result(message, at)
             self.results += 1
-            if self.timings.first_result_seconds is None and self.first_frame_at is not None:
-                self.timings.first_result_seconds = max(at - self.first_frame_at, 0.0)
-                self.ctx.trace(f"first result {self.timings.first_result_seconds * 1000:.1f} ms after the first frame")
+            if self.timings.first_result_seconds is None and self.speech_start is not None:
+                self.timings.first_result_seconds = max(at - self.speech_start, 0.0)
+                self.ctx.trace(f"first result {self.timings.first_result_seconds * 1000:.1f} ms after the start "
+                               "of speech")
+            self._record_lag(at, is_final)
             if is_final:
                 self.timings.final_received = True
             else:
@@ -357,3 +371,13 @@ class Session:
             raise Failure(reason, redact(text), error_body=redact(text))
         else:
             self.ctx.trace(f"<- {redact(kind, 40)!r} message ignored")  # whoAsr sends none; a newer one might
+
+    def _record_lag(self, at: float, is_final: bool) -> None:
+        if self.lag_clock is None or len(self.timings.result_lags) >= MAX_RESULTS:
+            return
+        lag = self.lag_clock.lag(at, is_final)
+        if lag is None:
+            self.ctx.trace("result lag not measured: more results than strides sent")
+            return
+        self.timings.result_lags.append(lag)
+        self.ctx.trace(f"result lag {lag * 1000:.1f} ms")

@@ -484,7 +484,7 @@ def voice_path(config: Config) -> tuple[str, str, list[list[Panel]]]:
         ],
         [
             timeseries("First result latency", "Start of speech to the first recognition_result, per "
-                       "session; the line is the threshold of the alert "
+                       "session (never below one 600 ms stride on whoAsr); the line is the threshold of the alert "
                        f"({number_text(t.stream_first_result_seconds)} s).",
                        quantiles("whoasr_stream_first_result_seconds", SEL, "target"), "s", thresholds=first),
             heatmap("First result latency distribution", "Sessions per first-result latency bucket and interval.",
@@ -492,8 +492,9 @@ def voice_path(config: Config) -> tuple[str, str, list[list[Panel]]]:
         ],
         [
             timeseries("Result lag", "Per recognition result: its arrival minus the instant the audio it was "
-                       "computed from had been fully spoken (the server's own delay); the line is the threshold "
-                       f"of the alert ({number_text(t.stream_result_lag_seconds)} s).",
+                       "computed from had been fully spoken. The server's own delay (queueing and one model "
+                       "call), free of the 600 ms it waits to fill a stride; the line is the threshold of the "
+                       f"alert ({number_text(t.stream_result_lag_seconds)} s).",
                        quantiles("whoasr_stream_result_lag_seconds", SEL, "target"), "s", thresholds=lag),
             heatmap("Result lag distribution", "Results per lag bucket and interval.",
                     "whoasr_stream_result_lag_seconds", SEL, "s"),

@@ -156,8 +156,11 @@ class Stack:
         sim.proc = proc
 
 
+
+
 def exporter_config(simulators: dict[str, Simulator], port: int) -> dict:
     """The exporter config the stack runs, and the one the rules and dashboards are rendered from."""
+
     targets = []
     for name, (_, _, probes) in TARGETS.items():
         target = {"name": name, "url": simulators[name].url}

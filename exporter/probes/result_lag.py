@@ -1,0 +1,57 @@
+"""Result lag on whoAsr's voice path: for each recognition_result, its arrival minus the instant the audio
+it was computed from had been fully spoken.
+
+whoAsr runs its streaming model on 9,600-sample strides (600 ms), at most one per `audio_chunk` message,
+and a message of at most 600 ms completes at most one stride. So stride s ends with sample (s+1)*9,600,
+spoken at speech start + (s+1)*0.6 s, and it can run only once the frame holding that sample was sent.
+A result does not say which stride it came from (strides that yield no text send nothing), so each
+partial result is attributed to the newest stride that had been sent when it arrived and that no
+earlier result claimed: exact for a server that keeps up, never more than the true lag. The final
+result is computed from all the audio, spoken in full at speech start + the clip's length.
+
+The lag is then the server's own delay (queueing plus one model call), free of the 600 ms the model
+waits to fill a stride. Plain functions and data, so that load tools can reuse them.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from typing import Optional
+
+SAMPLE_RATE = 16000
+STREAM_STRIDE_SAMPLES = 9600
+MAX_RESULTS = 1000  # a session's lags kept at most (whoAsr sends one result per stride; a liar may send more)
+
+
+@dataclass
+class ResultLagClock:
+    """The timeline of one real-time session: when each stride had been sent, and which results claimed which."""
+
+    speech_start: float  # loop time at which frame 0's audio begins
+    total_samples: int
+    stride_samples: int = STREAM_STRIDE_SAMPLES
+    sample_rate: int = SAMPLE_RATE
+    samples_sent: int = 0
+    stride_sent_at: list[float] = field(default_factory=list)  # per stride: when the frame completing it left
+    last_claimed: int = -1  # the newest stride a result has been attributed to
+
+    def frame_sent(self, samples: int, at: float) -> None:
+        """Records one audio_chunk of `samples` sent at `at` (loop time)."""
+        self.samples_sent += samples
+        while (len(self.stride_sent_at) + 1) * self.stride_samples <= self.samples_sent:
+            self.stride_sent_at.append(at)
+
+    def spoken_at(self, stride: int) -> float:
+        """The instant the last sample of `stride` had been spoken."""
+        return self.speech_start + (stride + 1) * self.stride_samples / self.sample_rate
+
+    def lag(self, at: float, is_final: bool) -> Optional[float]:
+        """The lag of a result arriving at `at`; None when no stride is left it could come from."""
+        if is_final:
+            return at - (self.speech_start + self.total_samples / self.sample_rate)
+        newest = bisect.bisect_right(self.stride_sent_at, at) - 1
+        if newest <= self.last_claimed:
+            return None  # more results than strides sent: nothing to measure from
+        self.last_claimed = newest
+        return at - self.spoken_at(newest)
