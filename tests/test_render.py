@@ -181,6 +181,14 @@ def test_rate_windows_hold_enough_runs_that_one_failure_stays_below_the_threshol
         runs = window / config.schedules.for_kind(kind).interval
         assert 1 / runs <= config.thresholds.error_rate_percent / 100 / 2
         assert rules_mod.failing_for(config, kind) >= 2 * config.schedules.for_kind(kind).interval
+        # whoasr_up trails a failing probe by at most one /health interval plus the longest probe timeout
+        # (a scrape waits for the probes in flight): the failing alert waits longer, so an outage mutes it.
+        assert rules_mod.failing_for(config, kind) >= config.schedules.health.interval + 30
+    fast = parse_config({"schedules": {"health": {"interval": "1s", "timeout": "900ms"},
+                                       "punctuation": {"interval": "2s", "timeout": "1s"},
+                                       "stream": {"interval": "8s", "timeout": "7s"}},
+                         "thresholds": {"for_short": "2s"}})
+    assert rules_mod.failing_for(fast, "punctuation") == 1 + 30  # batch's default 30 s timeout is the longest
     assert rules_mod.rate_window(config, "batch") == 1200  # 20 runs of 60 s
     assert rules_mod.rate_window(config, "timestamp") == 2400
 

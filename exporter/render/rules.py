@@ -112,9 +112,18 @@ def cer_window(config: Config, kind: str) -> float:
     return max(CER_MIN_WINDOW, rate_window(config, kind))
 
 
+def health_lag(config: Config) -> float:
+    """How long whoasr_up can trail a failing probe: a /health scrape waits for the target's probes in
+    flight (exporter/gate.py), so up to one health interval plus the longest probe timeout."""
+    schedules = config.schedules
+    return schedules.health.interval + max(schedules.for_kind(kind).timeout for kind in PROBE_KINDS)
+
+
 def failing_for(config: Config, kind: str) -> float:
-    """`for:` of the probe-failing alert: at least two intervals, so one failed run never fires it."""
-    return max(config.thresholds.for_short, 2 * config.schedules.for_kind(kind).interval)
+    """`for:` of the probe-failing alert: at least two intervals, so one failed run never fires it, and
+    longer than whoasr_up can trail the probe, so that a target going down mutes its probes' alerts
+    (`unless ... whoasr_up == 0`) before they fire."""
+    return max(config.thresholds.for_short, 2 * config.schedules.for_kind(kind).interval, health_lag(config))
 
 
 def _reason_query(promql: str) -> str:
