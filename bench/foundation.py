@@ -79,28 +79,7 @@ def bench_metrics(tmp: Path, sim_url: str) -> None:
 
 def render_alone() -> str:
     """The render step of /metrics without HTTP or a busy loop: 200 targets with every probe kind."""
-    from exporter.metrics import Exposition, process_registry
-    from exporter.results import HealthState, ModelInfoState, ProbeResult, ScrapeResult, StreamTimings
-    from exporter.state import ExporterState
-
-    kinds = ("batch", "stream", "punctuation", "vad", "timestamp")
-    state = ExporterState()
-    state.set_targets({f"t{i:04d}": kinds for i in range(200)})
-    exposition = Exposition(state, process_registry())
-    models = {k: True for k in ("streaming_asr", "offline_asr", "punctuation", "vad", "timestamp")}
-    now = time.time()
-    for name in list(state.targets):
-        state.record_scrape(ScrapeResult(name, "health", True, now, 0.01, api="v2", health=HealthState(
-            status="healthy", version="1.0.0", models_loaded=models, total_loaded=5, cpu_ratio=0.1,
-            memory_ratio=0.2, memory_total_bytes=1e10, memory_available_bytes=5e9)))
-        state.record_scrape(ScrapeResult(name, "model_info", True, now, 0.001, api="v2",
-                                         model_info=ModelInfoState(models, 5)))
-        for kind in kinds:
-            for ok in (True, False):
-                state.record_probe(ProbeResult(name, kind, ok, now, 0.5, reason=None if ok else "timeout",
-                                               audio_seconds=5.2, processing_seconds=0.1, cer=0.0,
-                                               character_errors=0, reference_characters=11,
-                                               stream=StreamTimings(0.001, 0.5, 0.01, 8) if kind == "stream" else None))
+    exposition = busy_exposition(200)
     times = []
     for _ in range(200):
         started = time.perf_counter()
@@ -108,6 +87,33 @@ def render_alone() -> str:
         times.append(time.perf_counter() - started)
     return (f"{len(body) / 1024:.0f} KiB, p50 {percentile(times, 50) * 1000:.1f} ms, "
             f"p99 {percentile(times, 99) * 1000:.1f} ms   (target: p99 < 20 ms)")
+
+
+def busy_exposition(count: int):
+    """An Exposition holding `count` targets' state, each with every probe kind run (passed and failed)."""
+    from exporter.metrics import Exposition, process_registry
+    from exporter.results import HealthState, ModelInfoState, ProbeResult, StreamTimings
+    from exporter.state import ExporterState
+
+    kinds = ("batch", "stream", "punctuation", "vad", "timestamp")
+    state = ExporterState()
+    state.set_targets({f"t{i:04d}": kinds for i in range(count)})
+    exposition = Exposition(state, process_registry())
+    models = {k: True for k in ("streaming_asr", "offline_asr", "punctuation", "vad", "timestamp")}
+    now = time.time()
+    for name in list(state.targets):
+        state.record(ProbeResult(name, "health", True, now, 0.01, api="v2", health=HealthState(
+            status="healthy", version="1.0.0", models_loaded=models, total_loaded=5, cpu_ratio=0.1,
+            memory_ratio=0.2, memory_total_bytes=1e10, memory_available_bytes=5e9)))
+        state.record(ProbeResult(name, "model_info", True, now, 0.001, api="v2",
+                                 model_info=ModelInfoState(models, 5)))
+        for kind in kinds:
+            for ok in (True, False):
+                state.record_probe(ProbeResult(name, kind, ok, now, 0.5, reason=None if ok else "timeout",
+                                               audio_seconds=5.2, processing_seconds=0.1, cer=0.0,
+                                               character_errors=0, reference_characters=11,
+                                               stream=StreamTimings(0.001, 0.5, 0.01, 8) if kind == "stream" else None))
+    return exposition
 
 
 def bench_idle(tmp: Path) -> None:

@@ -30,7 +30,8 @@ import aiohttp  # noqa: E402
 from bench.common import cpu_seconds, percentile, start_simulator  # noqa: E402
 from exporter.client import TargetClient  # noqa: E402
 from exporter.clips import builtin_clip  # noqa: E402
-from exporter.config import StreamProbe, TargetConfig  # noqa: E402
+from exporter.config import TargetConfig  # noqa: E402
+from exporter.kinds import StreamProbe  # noqa: E402
 from exporter.probes import ProbeContext, stream  # noqa: E402
 from exporter.probes.websocket import Pacing  # noqa: E402
 from exporter.results import ProbeResult  # noqa: E402

@@ -1,4 +1,4 @@
-"""`whoasr-exporter` command line: serve, check-config, simulate, demo, probe, render.
+"""`whoasr-exporter` command line: serve, check-config, simulate, demo, probe, render, report.
 
 Exit codes: 0 success, 1 a probe or the run failed, 2 usage or config errors.
 """
@@ -52,6 +52,12 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     return probe_cli.run(args)
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from exporter import report_cli
+
+    return report_cli.run(args)
+
+
 def build_parser(selected: Optional[str] = None) -> argparse.ArgumentParser:
     """The parser; `selected` names the subcommand whose own module is imported for its arguments."""
     parser = argparse.ArgumentParser(
@@ -91,6 +97,11 @@ def build_parser(selected: Optional[str] = None) -> argparse.ArgumentParser:
     probe = commands.add_parser("probe", help="run probes once against a target and print the results")
     _add_lazy_arguments(probe, "exporter.probe_cli", selected == "probe")
     probe.set_defaults(func=_cmd_probe)
+
+    report_cmd = commands.add_parser("report", help="summarise a period from Prometheus: uptime, resources, "
+                                                    "models, probes, SLO budgets, alerts")
+    _add_lazy_arguments(report_cmd, "exporter.report_cli", selected == "report")
+    report_cmd.set_defaults(func=_cmd_report)
     return parser
 
 

@@ -13,27 +13,19 @@ import ssl
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
 
 from exporter import __version__
 from exporter.config import TargetConfig
+from exporter.credentials import Credentials
+from exporter.kinds import KINDS
 from exporter.results import Failure, Trace, redact
+from exporter.tls import client_context, tls_problem
 
 MAX_BODY_BYTES = 1 << 20  # whoAsr answers are small JSON; 1 MiB leaves room for long transcripts
 USER_AGENT = f"whoasr-exporter/{__version__}"
-
-# Paths per API generation (whoasr-api.md); only the generation-specific ones differ.
-PATHS = {
-    "v1": {"recognize": "/recognize", "punctuation": "/punctuate", "vad": "/vad", "timestamp": "/timestamp"},
-    "v2": {
-        "recognize": "/offline/recognize",
-        "punctuation": "/punctuation/add",
-        "vad": "/vad/detect",
-        "timestamp": "/timestamp/predict",
-    },
-}
-
 
 @dataclass
 class Reply:
@@ -77,8 +69,18 @@ def classify(exc: BaseException) -> str:
 
 
 def describe(exc: BaseException) -> str:
+    """What went wrong, for a result's detail: a TLS failure in words, anything else by its exception."""
+    problem = tls_problem(exc)
+    if problem:
+        return problem
     text = str(exc) or type(exc).__name__
     return redact(f"{type(exc).__name__}: {text}", 160)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """classify(), except that a TLS failure hidden in a connection error is a tls_error (a server that
+    refuses our client certificate closes the connection during or just after the handshake)."""
+    return "tls_error" if tls_problem(exc) else classify(exc)
 
 
 def new_session(limit: int = 1000) -> aiohttp.ClientSession:
@@ -92,25 +94,52 @@ def new_session(limit: int = 1000) -> aiohttp.ClientSession:
         cookie_jar=aiohttp.DummyCookieJar(),
         headers={"User-Agent": USER_AGENT},
         timeout=aiohttp.ClientTimeout(total=None),
+        trust_env=False,  # HTTP(S)_PROXY and .netrc apply only through targets[].proxy_url, never silently
     )
 
 
-class TargetClient:
-    """A whoAsr target as the probes see it: base URL, credentials, and its detected API generation."""
+def public_url(url: str) -> str:
+    """A target URL fit to show: no user:password part."""
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    return url
 
-    def __init__(self, session: aiohttp.ClientSession, target: TargetConfig):
+
+class TargetClient:
+    """A whoAsr target as the probes see it: base URL, credentials, TLS, proxy, and its detected API
+    generation. `ssl_context` is the one built for the target's tls_config (the daemon shares one per
+    distinct tls_config); without it one is built here."""
+
+    def __init__(self, session: aiohttp.ClientSession, target: TargetConfig,
+                 ssl_context: Optional[ssl.SSLContext] = None):
         self.session = session
         self.target = target
         self.name = target.name
         self.base_url = target.url
         self._api: Optional[str] = None if target.api == "auto" else target.api
         self._detect_lock = asyncio.Lock()
-        self._headers: dict[str, str] = {}
-        if target.bearer_token:
-            self._headers["Authorization"] = f"Bearer {target.bearer_token}"
-        if target.basic_auth:
-            credentials = f"{target.basic_auth.username}:{target.basic_auth.password}".encode()
-            self._headers["Authorization"] = "Basic " + base64.b64encode(credentials).decode("ascii")
+        self._credentials = Credentials(target)
+        # Per-request transport options: TLS context and name, proxy. True: aiohttp's default verification.
+        self._transport: dict[str, Any] = {}
+        tls = target.tls_config
+        if tls is not None:
+            self._transport["ssl"] = ssl_context or client_context(tls)
+            if tls.server_name:
+                self._transport["server_hostname"] = tls.server_name
+        self._proxy_headers: dict[str, str] = {}
+        if target.proxy_url:
+            proxy, proxy_headers = _proxy(target.proxy_url)
+            self._transport["proxy"] = proxy
+            if target.url.startswith("https://"):
+                self._transport["proxy_headers"] = proxy_headers  # on the CONNECT request
+            else:
+                self._proxy_headers = proxy_headers  # on each request, which goes to the proxy itself
+
+    async def _headers(self) -> dict[str, str]:
+        header = await self._credentials.header()
+        return {**self._proxy_headers, "Authorization": header} if header else dict(self._proxy_headers)
 
     # --- API generation -------------------------------------------------------------------------
     @property
@@ -146,7 +175,11 @@ class TargetClient:
             return self._api
 
     async def path(self, kind: str, timeout: float, trace: Optional[Trace] = None) -> str:
-        return PATHS[await self.detect_api(timeout, trace)][kind]
+        """The path of a run kind on this target; detects the generation only when the paths differ."""
+        spec = KINDS[kind]
+        if spec.same_path:
+            return spec.v1_path
+        return spec.path(await self.detect_api(timeout, trace))
 
     # --- HTTP -----------------------------------------------------------------------------------
     async def request(
@@ -167,9 +200,10 @@ class TargetClient:
             trace(f"{method} {path}")
         try:
             async with asyncio.timeout(timeout):
+                headers = await self._headers()
                 async with self.session.request(
-                    method, url, json=json_body, data=form, headers=self._headers,
-                    allow_redirects=False,
+                    method, url, json=json_body, data=form, headers=headers,
+                    allow_redirects=False, **self._transport,
                 ) as response:
                     body = await _read_capped(response, max_bytes)
                     reply = Reply(response.status, body, time.monotonic() - started,
@@ -183,7 +217,7 @@ class TargetClient:
         except (aiohttp.ClientError, OSError, ssl.SSLError) as exc:
             if trace:
                 trace(f"{method} {path}: {describe(exc)}")
-            raise Failure(classify(exc), f"{method} {path}: {describe(exc)}") from None
+            raise Failure(failure_reason(exc), f"{method} {path}: {describe(exc)}") from None
         if trace:
             trace(f"{method} {path} -> HTTP {reply.status} ({len(reply.body)} bytes, {reply.elapsed * 1000:.1f} ms)")
         return reply
@@ -202,17 +236,32 @@ class TargetClient:
         """Opens a WebSocket; a refused upgrade is handshake_rejected with the HTTP status."""
         try:
             async with asyncio.timeout(timeout):
+                headers = await self._headers()
                 return await self.session.ws_connect(
-                    self.ws_url(path), headers=self._headers, autoping=True,
-                    heartbeat=None, max_msg_size=MAX_BODY_BYTES, autoclose=True,
+                    self.ws_url(path), headers=headers, autoping=True,
+                    heartbeat=None, max_msg_size=MAX_BODY_BYTES, autoclose=True, **self._transport,
                 )
         except (asyncio.TimeoutError, TimeoutError):
             raise Failure("timeout", f"WebSocket {path}: no handshake within {timeout:g}s", step="connect") from None
         except aiohttp.WSServerHandshakeError as exc:
             raise Failure("handshake_rejected", f"WebSocket {path}: HTTP {exc.status} on upgrade",
                           http_status=exc.status, step="connect") from None
+        except Failure as failure:
+            failure.step = failure.step or "connect"
+            raise
         except (aiohttp.ClientError, OSError, ssl.SSLError) as exc:
-            raise Failure(classify(exc), f"WebSocket {path}: {describe(exc)}", step="connect") from None
+            raise Failure(failure_reason(exc), f"WebSocket {path}: {describe(exc)}", step="connect") from None
+
+
+def _proxy(proxy_url: str) -> tuple[str, dict[str, str]]:
+    """The proxy URL without credentials, and the Proxy-Authorization header its credentials make."""
+    parts = urlsplit(proxy_url)
+    netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+    headers = {}
+    if parts.username is not None:
+        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        headers["Proxy-Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+    return urlunsplit(("http", netloc, "", "", "")), headers
 
 
 async def _read_capped(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:

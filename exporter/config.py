@@ -20,17 +20,17 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
 
-PROBE_KINDS = ("batch", "stream", "punctuation", "vad", "timestamp", "stream_vad")
-SCRAPE_KINDS = ("health", "model_info")
-DEFAULT_PROBES = ("batch", "stream", "punctuation", "vad", "timestamp")
+from exporter.kinds import DEFAULT_PROBES, KINDS, PROBE_KINDS
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$")
+_SERVER_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 # A discovered target's name is its URL without the scheme (host, port and path prefix).
 _DISCOVERED_NAME = re.compile(r"^[A-Za-z0-9\[][^\s\"'\\]{0,254}$")
 
@@ -126,7 +126,35 @@ class ExporterConfig(_Strict):
 
 class BasicAuth(_Strict):
     username: str
-    password: str = Field(repr=False)
+    password: Optional[str] = Field(default=None, repr=False)
+    password_file: Optional[str] = None  # read at each request, so a rotated secret applies at once
+
+    @model_validator(mode="after")
+    def _one_password(self) -> "BasicAuth":
+        if (self.password is None) == (self.password_file is None):
+            raise ValueError("set exactly one of password and password_file")
+        return self
+
+
+class TLSConfig(_Strict):
+    """TLS towards a target, with Prometheus' http_config names; files are read at load and on reload."""
+
+    ca_file: Optional[str] = None  # PEM CA bundle to verify the server with (default: the system's)
+    cert_file: Optional[str] = None  # client certificate (mTLS), with key_file
+    key_file: Optional[str] = None
+    server_name: Optional[str] = None  # the name to send (SNI) and to verify the certificate against
+    insecure_skip_verify: bool = False
+
+    @model_validator(mode="after")
+    def _pair(self) -> "TLSConfig":
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("cert_file and key_file must be set together (a client certificate and its key)")
+        if self.server_name is not None and not _SERVER_NAME.match(self.server_name):
+            raise ValueError(f"server_name: expected a host name like asr.example.internal, got {self.server_name!r}")
+        return self
+
+    def files(self) -> dict[str, str]:
+        return {name: path for name in ("ca_file", "cert_file", "key_file") if (path := getattr(self, name))}
 
 
 class TargetConfig(_Strict):
@@ -135,7 +163,10 @@ class TargetConfig(_Strict):
     api: Literal["auto", "v1", "v2"] = "auto"
     probes: Optional[tuple[str, ...]] = None  # None: every probe kind that applies
     bearer_token: Optional[str] = Field(default=None, repr=False)
+    bearer_token_file: Optional[str] = None  # read at each request, so a rotated secret applies at once
     basic_auth: Optional[BasicAuth] = None
+    tls_config: Optional[TLSConfig] = None
+    proxy_url: Optional[str] = Field(default=None, repr=False)  # may hold proxy credentials
 
     @field_validator("name")
     @classmethod
@@ -160,6 +191,19 @@ class TargetConfig(_Strict):
             raise ValueError("expected a base URL without query string or fragment")
         return value.rstrip("/")
 
+    @field_validator("proxy_url")
+    @classmethod
+    def _proxy_url(cls, value: Optional[str]) -> Optional[str]:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError("expected an HTTP proxy URL like http://proxy.example:3128 (CONNECT is used for "
+                             "https:// and wss:// targets)")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError("expected http://[USER:PASSWORD@]HOST:PORT without a path")
+        return value
+
     @field_validator("probes")
     @classmethod
     def _probes(cls, value: Optional[tuple[str, ...]]) -> Optional[tuple[str, ...]]:
@@ -170,8 +214,12 @@ class TargetConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_credential(self) -> "TargetConfig":
-        if self.bearer_token and self.basic_auth:
+        if self.bearer_token is not None and self.bearer_token_file is not None:
+            raise ValueError("bearer_token and bearer_token_file both set; keep one (the file form for secrets)")
+        if (self.bearer_token or self.bearer_token_file) and self.basic_auth:
             raise ValueError("bearer_token and basic_auth both set; a request carries one Authorization header")
+        if self.tls_config is not None and not self.url.startswith("https://"):
+            raise ValueError("tls_config is set but the url is not https://")
         return self
 
     def enabled_probes(self) -> tuple[str, ...]:
@@ -191,18 +239,16 @@ class Schedule(_Strict):
         return self
 
 
-class Schedules(_Strict):
-    health: Schedule = Schedule(interval=60, timeout=5)
-    model_info: Schedule = Schedule(interval=15, timeout=5)
-    batch: Schedule = Schedule(interval=60, timeout=30)
-    stream: Schedule = Schedule(interval=60, timeout=30)
-    punctuation: Schedule = Schedule(interval=60, timeout=10)
-    vad: Schedule = Schedule(interval=60, timeout=15)
-    timestamp: Schedule = Schedule(interval=120, timeout=30)
-    stream_vad: Schedule = Schedule(interval=120, timeout=30)
-
+class _SchedulesBase(_Strict):
     def for_kind(self, kind: str) -> Schedule:
         return getattr(self, kind)
+
+
+# `schedules.<kind>` for every kind of the registry, with the registry's defaults.
+Schedules = create_model(
+    "Schedules", __base__=_SchedulesBase,
+    **{name: (Schedule, Schedule(interval=kind.interval, timeout=kind.timeout)) for name, kind in KINDS.items()},
+)
 
 
 class Thresholds(_Strict):
@@ -266,67 +312,16 @@ class ClipConfig(_Strict):
     transcript: str = Field(min_length=1)
 
 
-class BatchProbe(_Strict):
-    clip: str = "default"
-    hotwords: tuple[str, ...] = ()
-    expect_hotwords: bool = False
-    max_cer: float = Field(default=0.2, ge=0, le=1)
-    allow_model_load: bool = False
-    batch_size_s: int = Field(default=300, ge=1)
-    batch_size_threshold_s: int = Field(default=60, ge=1)
-
-
-class PunctuationProbe(_Strict):
-    text: str = Field(default="今天天气很好我们去公园散步然后一起吃午饭", min_length=2)
-    allow_model_load: bool = False
-
-
-class VadProbe(_Strict):
-    clip: str = "default"
-    min_segments: int = Field(default=1, ge=0)
-    max_segments: int = Field(default=20, ge=1)
-    min_speech_ratio: float = Field(default=0.3, ge=0, le=1)  # speech time / clip duration
-    max_speech_ratio: float = Field(default=1.05, ge=0, le=2)
-
-    @model_validator(mode="after")
-    def _bounds(self) -> "VadProbe":
-        if self.min_segments > self.max_segments:
-            raise ValueError("min_segments must not exceed max_segments")
-        if self.min_speech_ratio > self.max_speech_ratio:
-            raise ValueError("min_speech_ratio must not exceed max_speech_ratio")
-        return self
-
-
-class TimestampProbe(_Strict):
-    clip: str = "default"
-    allow_model_load: bool = False
-
-
-class StreamProbe(_Strict):
-    clip: str = "default"
-    frame_ms: int = Field(default=100, ge=10, le=600)
-    pace: Literal["realtime", "fast"] = "realtime"
-    client_id_prefix: str = Field(default="whoasr-exporter", pattern=r"^[A-Za-z0-9_.-]{1,40}$")
-    max_cer: float = Field(default=0.2, ge=0, le=1)
-    allow_model_load: bool = False
-
-
-class StreamVadProbe(_Strict):
-    clip: str = "default"
-    frame_ms: int = Field(default=100, ge=10, le=600)
-    client_id_prefix: str = Field(default="whoasr-exporter-vad", pattern=r"^[A-Za-z0-9_.-]{1,40}$")
-
-
-class Probes(_Strict):
-    batch: BatchProbe = BatchProbe()
-    stream: StreamProbe = StreamProbe()
-    punctuation: PunctuationProbe = PunctuationProbe()
-    vad: VadProbe = VadProbe()
-    timestamp: TimestampProbe = TimestampProbe()
-    stream_vad: StreamVadProbe = StreamVadProbe()
-
+class _ProbesBase(_Strict):
     def for_kind(self, kind: str) -> BaseModel:
         return getattr(self, kind)
+
+
+# `probes.<kind>`: each probe kind's settings model from the registry, all defaults by default.
+Probes = create_model(
+    "Probes", __base__=_ProbesBase,
+    **{name: (KINDS[name].settings, KINDS[name].settings()) for name in PROBE_KINDS},
+)
 
 
 TARGETS_FILE_SUFFIXES = (".json", ".yml", ".yaml")
@@ -399,6 +394,9 @@ def _field_path(loc: tuple[Any, ...]) -> str:
 
 def _explain(error: dict[str, Any]) -> str:
     kind, message = error["type"], error["msg"]
+    if kind == "extra_forbidden" and error["loc"][-1] == "allow_model_load":
+        return ("allowed only under probes.batch and probes.punctuation, whose models whoAsr loads on demand; "
+                "this probe never loads a model: remove the key")
     if kind == "extra_forbidden":
         return "unknown key (check its spelling; see config.example.yaml for every key)"
     if kind == "missing":
@@ -437,10 +435,38 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         if not path.is_file():
             raise ConfigError(f"{source}: clips.{name}.path: no such file {str(path)!r}")
         clips[name] = clip.model_copy(update={"path": str(path)})
+    targets = tuple(_resolve_target_files(target, index, base, source)
+                    for index, target in enumerate(config.targets))
     # Targets file globs too, as Prometheus resolves file_sd paths against its config file.
     targets_files = tuple(pattern if Path(pattern).is_absolute() else str(base.resolve() / pattern)
                           for pattern in config.targets_files)
-    return config.model_copy(update={"clips": clips, "targets_files": targets_files})
+    return config.model_copy(update={"clips": clips, "targets": targets, "targets_files": targets_files})
+
+
+def _resolve_target_files(target: TargetConfig, index: int, base: Path, source: str) -> TargetConfig:
+    """Makes a target's file paths absolute (relative ones are relative to the config file, as in
+    Prometheus) and checks that its TLS files make a usable context now, naming the field if not.
+    Secret files are not read here: they are read at each request (a rotated Secret applies at once)."""
+    from exporter.tls import TLSFileError, client_context
+
+    def absolute(path: str) -> str:
+        return path if Path(path).is_absolute() else str((base / path).resolve())
+
+    update: dict[str, Any] = {}
+    if target.bearer_token_file:
+        update["bearer_token_file"] = absolute(target.bearer_token_file)
+    if target.basic_auth and target.basic_auth.password_file:
+        update["basic_auth"] = target.basic_auth.model_copy(
+            update={"password_file": absolute(target.basic_auth.password_file)})
+    if target.tls_config:
+        tls = target.tls_config.model_copy(
+            update={name: absolute(path) for name, path in target.tls_config.files().items()})
+        try:
+            client_context(tls)
+        except TLSFileError as exc:
+            raise ConfigError(f"{source}: targets[{index}].tls_config.{exc.field}: {exc}") from None
+        update["tls_config"] = tls
+    return target.model_copy(update=update) if update else target
 
 
 def load_config(path: str | Path) -> Config:

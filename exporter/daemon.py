@@ -1,7 +1,8 @@
-"""The daemon: config -> scheduler -> scrape/probe -> result -> state/history, served over HTTP.
+"""The daemon: config -> scheduler -> runner (scrape or probe) -> result -> sinks (state and metrics,
+history, log), served over HTTP.
 
-It owns the shared HTTP session, one client and one health gate per target, and applies (re)loaded
-configs: a bad config is rejected and the running one kept.
+It owns the shared HTTP session and one client per target, and applies (re)loaded configs: a bad config
+is rejected and the running one kept. Nothing it uses imports it back.
 """
 
 from __future__ import annotations
@@ -9,24 +10,26 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
+import ssl
 import sys
-from typing import Callable, Optional
+from typing import Optional
 
 import aiohttp
 import structlog
 
-from exporter import logs, websecurity
+from exporter import logs, tls, websecurity
 from exporter.client import TargetClient, new_session
-from exporter.config import SCRAPE_KINDS, Config, ConfigError, TargetConfig, load_config, load_config_or_report
+from exporter.config import Config, ConfigError, TargetConfig, TLSConfig, load_config, load_config_or_report
 from exporter.discovery import POLL_SECONDS, TargetsFiles, merge_targets
-from exporter.gate import TargetGate
 from exporter.history import History
+from exporter.kinds import SCRAPE_KINDS
 from exporter.metrics import Exposition, process_registry
-from exporter.probes import ProbeContext, failed, probe_function, run_probe
-from exporter.results import Failure, ProbeResult, ScrapeResult, Trace
+from exporter.probes import probe_function
+from exporter.runner import Runner
 from exporter.scheduler import Plan, Scheduler
-from exporter.scrape import scrape
+from exporter.server import start_server
 from exporter.shard import Shard, ShardError, effective_shard
+from exporter.sinks import LogSink, Sink, deliver
 from exporter.state import ExporterState
 
 log = structlog.get_logger("exporter.daemon")
@@ -47,7 +50,9 @@ class Daemon:
         self.exposition = Exposition(self.state, process_registry())
         self.session: Optional[aiohttp.ClientSession] = None
         self.clients: dict[str, TargetClient] = {}
-        self.gates: dict[str, TargetGate] = {}
+        self.tls_contexts: dict[TLSConfig, ssl.SSLContext] = {}  # one per distinct targets[].tls_config
+        self.runner = Runner(config)
+        self.sinks: list[Sink] = [self.state, self.history, LogSink()]  # where every scheduled result goes
         self.scheduler = Scheduler(self.run_job, self.state.record_skip, self.state.scheduler_lag.observe)
         self.ready = False
         self._reload_lock = asyncio.Lock()
@@ -91,9 +96,14 @@ class Daemon:
         if self.session is not None:
             await self.session.close()
 
-    def apply(self, config: Config, discovery: Optional[TargetsFiles] = None) -> None:
-        """Switches to a validated config (and, when its globs changed, to freshly read targets files)."""
+    def apply(self, config: Config, discovery: Optional[TargetsFiles] = None,
+              tls_contexts: Optional[dict[TLSConfig, ssl.SSLContext]] = None) -> None:
+        """Switches to a validated config (and, when its globs changed, to freshly read targets files).
+
+        Targets with a tls_config get new clients with `tls_contexts`, built from their files now (a reload
+        re-reads renewed certificates); without them they are built here, as at start-up."""
         self.config = config
+        self.runner.config = config
         if discovery is not None:
             self.discovery = discovery
         shard = effective_shard(self.shard_override, config.exporter.shard)
@@ -101,10 +111,13 @@ class Daemon:
             self.shard = shard
         self.state.set_thresholds(config.thresholds.response_time_seconds,
                                   config.thresholds.stream_first_result_seconds)
+        if tls_contexts is None:
+            tls_contexts = tls.contexts_for(target.tls_config for target in config.targets)
+        self.tls_contexts = tls_contexts
         self._record_discovery()
-        self._apply_targets()
+        self._apply_targets(renew_tls=True)
 
-    def _apply_targets(self) -> None:
+    def _apply_targets(self, renew_tls: bool = False) -> None:
         """Clients, gates, state and jobs follow the target list: configured and discovered targets,
         then only those of this exporter's shard."""
         config = self.config
@@ -118,10 +131,10 @@ class Daemon:
         clients: dict[str, TargetClient] = {}
         for target in self.targets:
             old = self.clients.get(target.name)
-            clients[target.name] = old if old is not None and old.target == target else self._client(target)
-            self.gates.setdefault(target.name, TargetGate())
+            keep = old is not None and old.target == target and not (renew_tls and target.tls_config)
+            clients[target.name] = old if keep else self._client(target)
         self.clients = clients
-        self.gates = {name: gate for name, gate in self.gates.items() if name in clients}
+        self.runner.keep_gates(set(clients))
         self.state.set_targets({t.name: t.enabled_probes() for t in self.targets})
         self.history.forget_targets(set(clients))
         plans = {}
@@ -138,7 +151,7 @@ class Daemon:
 
     def _client(self, target: TargetConfig) -> TargetClient:
         assert self.session is not None
-        return TargetClient(self.session, target)
+        return TargetClient(self.session, target, self.tls_contexts.get(target.tls_config))
 
     async def reload(self) -> tuple[bool, str]:
         """Re-reads the config file; on any error the running config stays and the error is reported."""
@@ -147,6 +160,13 @@ class Daemon:
                 return False, "no config file to reload"
             try:
                 config = await asyncio.to_thread(load_config, self.config_path)
+                tls_contexts = await asyncio.to_thread(
+                    tls.contexts_for, [target.tls_config for target in config.targets])
+            except tls.TLSFileError as exc:  # a file changed between the check and now
+                self.state.record_reload(False)
+                log.error("config reload failed", reason="invalid_config", error=f"tls_config.{exc.field}: {exc}",
+                          path=self.config_path)
+                return False, f"{self.config_path}: tls_config.{exc.field}: {exc}"
             except ConfigError as exc:
                 self.state.record_reload(False)
                 log.error("config reload failed", reason="invalid_config", error=str(exc), path=self.config_path)
@@ -158,61 +178,19 @@ class Daemon:
             if config.targets_files != self.discovery.patterns:
                 discovery = TargetsFiles(config.targets_files)
                 await asyncio.to_thread(discovery.refresh)
-            self.apply(config, discovery)
+            self.apply(config, discovery, tls_contexts)
             self.state.record_reload(True)
             log.info("config reloaded", path=self.config_path, targets=len(self.targets), shard=str(self.shard))
             return True, f"reloaded {len(self.targets)} targets"
 
     # --- runs -----------------------------------------------------------------------------------
     async def run_job(self, target: str, kind: str, timeout: float) -> None:
-        """One scheduled run; whatever happens ends as a recorded result."""
+        """One scheduled run; whatever happens ends as a result delivered to the sinks."""
         client = self.clients.get(target)
         if client is None:
             return
-        if kind in SCRAPE_KINDS:
-            result = await self.scrape_now(client, kind, timeout)
-            self.state.record_scrape(result)
-            if not result.success:
-                log.warning("scrape failed", target=target, endpoint=kind, reason=result.reason, detail=result.detail)
-            return
-        probe_result = await self.probe_now(client, kind, timeout)
-        self.state.record_probe(probe_result)
-        self.history.add(probe_result)
-        if probe_result.applicable and not probe_result.success:
-            log.warning("probe failed", target=target, probe=kind, reason=probe_result.reason,
-                        step=probe_result.step, detail=probe_result.detail)
-        else:
-            log.debug("probe done", target=target, probe=kind, success=probe_result.success,
-                      duration_seconds=round(probe_result.duration_seconds, 4))
+        deliver(await self.runner.run(client, kind, timeout), self.sinks)
 
-    async def scrape_now(self, client: TargetClient, kind: str, timeout: float,
-                         trace: Optional[Trace] = None) -> ScrapeResult:
-        if kind == "health":
-            async with self.gate(client.name).exclusive():
-                return await scrape(client, kind, timeout, trace)
-        return await scrape(client, kind, timeout, trace)
-
-    async def probe_now(self, client: TargetClient, kind: str, timeout: float,
-                        trace: Optional[Trace] = None, cached_models: bool = True,
-                        progress: Optional[Callable[[str], None]] = None) -> ProbeResult:
-        settings = self.config.probes.for_kind(kind)
-        target_state = self.state.targets.get(client.name)
-        models = target_state.models_loaded() if (cached_models and target_state) else None
-        async with self.gate(client.name).shared():
-            ctx = ProbeContext(client=client, settings=settings, timeout=timeout, models_loaded=models,
-                               trace=trace or Trace(), progress=progress)
-            clip_name = getattr(settings, "clip", None)
-            if clip_name is not None:
-                from exporter.clips import ClipError, load_clip
-
-                try:
-                    ctx.clip = await asyncio.to_thread(load_clip, self.config, clip_name)
-                except ClipError as exc:
-                    return failed(ctx, kind, Failure("check_failed", str(exc), step="clip"))
-            return await run_probe(kind, ctx)
-
-    def gate(self, target: str) -> TargetGate:
-        return self.gates.setdefault(target, TargetGate())
 
 
 def settings_needing_restart(old: Config, new: Config) -> list[str]:
@@ -230,8 +208,6 @@ def settings_needing_restart(old: Config, new: Config) -> list[str]:
 async def serve(config: Config, config_path: Optional[str], host: str, port: int,
                 shard: Optional[str] = None) -> int:
     """Runs the daemon and its web server until SIGTERM/SIGINT; SIGHUP reloads the config."""
-    from exporter.server import start_server
-
     daemon = Daemon(config, config_path, shard)
     await daemon.start()
     runner = await start_server(daemon, host, port)

@@ -23,7 +23,8 @@ import structlog
 import yaml
 from pydantic import ValidationError
 
-from exporter.config import PROBE_KINDS, TargetConfig, format_validation_error
+from exporter.config import TargetConfig, format_validation_error
+from exporter.kinds import PROBE_KINDS
 
 log = structlog.get_logger("exporter.discovery")
 

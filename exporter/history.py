@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Optional
 
+from exporter.kinds import is_scrape
 from exporter.results import ProbeResult
 
 
@@ -14,6 +15,11 @@ class History:
         self.failures_size = failures_size
         self._recent: dict[tuple[str, str], deque[ProbeResult]] = {}
         self._failures: dict[tuple[str, str], deque[ProbeResult]] = {}
+
+    def record(self, result: ProbeResult) -> None:
+        """The history's sink: probe results are kept; scrapes live in the target state."""
+        if not is_scrape(result.probe):
+            self.add(result)
 
     def add(self, result: ProbeResult) -> None:
         key = (result.target, result.probe)

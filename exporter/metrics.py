@@ -17,8 +17,8 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.utils import floatToGoString
 
 from exporter import __version__
-from exporter.probes import PROBE_MODELS
-from exporter.results import ProbeResult, ScrapeResult
+from exporter.kinds import KINDS, is_scrape
+from exporter.results import ProbeResult
 from exporter.state import ExporterState, Histogram, ProbeStats, TargetState
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -159,7 +159,7 @@ def target_state_lines(target: TargetState, target_labels: Optional[dict[str, st
     for kind in target.scheduled_probes:
         stats = target.probes.get(kind)
         if stats is None or stats.applicable:
-            out.add("whoasr_probe_info", f"{tl}{sep}{labels(probe=kind, model=PROBE_MODELS[kind])}", 1.0)
+            out.add("whoasr_probe_info", f"{tl}{sep}{labels(probe=kind, model=KINDS[kind].model)}", 1.0)
     return out
 
 
@@ -329,7 +329,7 @@ RESULT_FAMILIES = [Family(*spec) for spec in (
 )]
 
 
-def render_result(result: ProbeResult | ScrapeResult, openmetrics: bool = False) -> bytes:
+def render_result(result: ProbeResult, openmetrics: bool = False) -> bytes:
     out = Lines()
     applicable = getattr(result, "applicable", True)
     if applicable:
@@ -343,7 +343,7 @@ def render_result(result: ProbeResult | ScrapeResult, openmetrics: bool = False)
         out.add("whoasr_probe_http_status_code", "", result.http_status)
     sections = [out.joined()]
     families = list(RESULT_FAMILIES)
-    if isinstance(result, ScrapeResult):
+    if is_scrape(result.probe):
         state = ExporterState()
         state.set_targets({result.target: ()})
         state.record_scrape(result)

@@ -2,8 +2,9 @@
 and CI. Exit 0 when every probe passed (not applicable counts as passed), 1 when any failed, 2 on usage
 or config errors.
 
-The runs go through the daemon's own `scrape_now`/`probe_now` (same clips, same health gate, same
-probes), one after the other: whoAsr's /health stalls the whole server, so nothing overlaps it.
+The runs go through the daemon's own `Runner` (same clips, same health gate, same probes), one after
+the other: whoAsr's /health stalls the whole server, so nothing overlaps it. Each result goes to the
+sinks of a one-off run: the log and this command's table.
 stdout carries only the table (or the --json document); live progress goes to stderr when it is a
 terminal, and --verbose prints every trace line there.
 """
@@ -20,20 +21,15 @@ from typing import Callable, Optional, TextIO
 from pydantic import ValidationError
 
 from exporter import logs
-from exporter.client import TargetClient, new_session
+from exporter.client import TargetClient, new_session, public_url
 from exporter.clips import ClipError, clip_from_file
-from exporter.config import (
-    PROBE_KINDS,
-    SCRAPE_KINDS,
-    ClipConfig,
-    Config,
-    ConfigError,
-    TargetConfig,
-    load_config,
-)
-from exporter.results import ProbeResult, ScrapeResult, Trace
+from exporter.config import ClipConfig, Config, ConfigError, TargetConfig, TLSConfig, load_config
+from exporter.kinds import MODULES, PROBE_KINDS, is_scrape
+from exporter.results import ProbeResult, Trace
+from exporter.runner import Runner
+from exporter.sinks import LogSink, deliver
 
-MODULES = (*PROBE_KINDS, *SCRAPE_KINDS, "all")
+CHOICES = (*MODULES, "all")
 CLI_CLIP = "probe-cli-clip"  # the name a --clip gets in the config the runs use
 CLI_TARGET = "cli"
 
@@ -46,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", required=True, metavar="URL|NAME",
                         help="a whoAsr base URL (http://host:8000), or the name of a target in --config")
     parser.add_argument("--config", metavar="FILE", help="exporter config: targets, probe settings, timeouts")
-    parser.add_argument("--module", default="all", choices=MODULES,
+    parser.add_argument("--module", default="all", choices=CHOICES,
                         help="what to run (default all: health, then every probe that applies)")
     parser.add_argument("--clip", metavar="PATH", help="audio file to send instead of the configured clip")
     parser.add_argument("--transcript", metavar="TEXT", help="what --clip says (required with --clip)")
@@ -55,6 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="timeout of each probe in seconds (default: the configured schedule timeout)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="print each run's trace (requests, statuses, messages, checks) on stderr")
+    tls = parser.add_argument_group("TLS towards an https:// target (override the target's tls_config)")
+    tls.add_argument("--ca-file", metavar="PEM", help="CA certificates to verify the server with")
+    tls.add_argument("--cert-file", metavar="PEM", help="client certificate (mTLS), with --key-file")
+    tls.add_argument("--key-file", metavar="PEM", help="the client certificate's private key")
+    tls.add_argument("--server-name", metavar="NAME", help="name to send (SNI) and verify the certificate against")
+    tls.add_argument("--insecure-skip-verify", action="store_true",
+                     help="do not verify the server's certificate (testing only)")
 
 
 def _seconds(value: str) -> float:
@@ -108,6 +111,7 @@ def prepare(args: argparse.Namespace) -> tuple[Config, TargetConfig, list[str]]:
             target = TargetConfig(name=CLI_TARGET, url=args.target)
         except ValidationError as exc:
             raise UsageError(f"--target: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+    target = with_tls_flags(target, args)
     if args.module == "all":
         modules = ["health", *target.enabled_probes()]  # a URL target: DEFAULT_PROBES
     else:
@@ -115,6 +119,36 @@ def prepare(args: argparse.Namespace) -> tuple[Config, TargetConfig, list[str]]:
     if args.clip:
         config = with_clip(config, args.clip, args.transcript)
     return config, target, modules
+
+
+TLS_FLAGS = {"ca_file": "--ca-file", "cert_file": "--cert-file", "key_file": "--key-file",
+             "server_name": "--server-name"}
+
+
+def with_tls_flags(target: TargetConfig, args: argparse.Namespace) -> TargetConfig:
+    """The target with the TLS flags given laid over its tls_config; files checked now (exit 2)."""
+    from exporter.tls import TLSFileError, client_context
+
+    given = {key: str(Path(value).resolve()) if key.endswith("_file") else value
+             for key in TLS_FLAGS if (value := getattr(args, key, None))}
+    if getattr(args, "insecure_skip_verify", False):
+        given["insecure_skip_verify"] = True
+    if not given:
+        return target
+    if not target.url.startswith("https://"):
+        raise UsageError(f"{', '.join(TLS_FLAGS.get(key, '--insecure-skip-verify') for key in given)}: "
+                         "the target is not an https:// URL")
+    base = target.tls_config.model_dump() if target.tls_config else {}
+    try:
+        tls = TLSConfig(**{**base, **given})
+    except ValidationError as exc:
+        raise UsageError(exc.errors()[0]["msg"].removeprefix("Value error, ")
+                         .replace("cert_file", "--cert-file").replace("key_file", "--key-file")) from None
+    try:
+        client_context(tls)
+    except TLSFileError as exc:
+        raise UsageError(f"{TLS_FLAGS.get(exc.field, exc.field)}: {exc}") from None
+    return target.model_copy(update={"tls_config": tls})
 
 
 def with_clip(config: Config, path: str, transcript: str) -> Config:
@@ -132,65 +166,47 @@ def with_clip(config: Config, path: str, transcript: str) -> Config:
 
 
 def _shown_target(given: str, target: TargetConfig) -> str:
-    from exporter.server import public_url
-
     return given if target.name == given else public_url(target.url)
 
 
 # --- the runs -------------------------------------------------------------------------------------
 class Row:
-    """One run as the CLI shows it: a ProbeResult, plus what a health/model_info scrape found."""
+    """One run as the CLI shows it."""
 
-    def __init__(self, result: ProbeResult, api: Optional[str] = None, models: Optional[dict[str, bool]] = None):
+    def __init__(self, result: ProbeResult):
         self.result = result
-        self.api = api
-        self.models = models
+
+    @property
+    def api(self) -> Optional[str]:
+        return self.result.api
+
+    @property
+    def models(self) -> Optional[dict[str, bool]]:
+        return self.result.models_loaded()
 
     @property
     def passed(self) -> bool:
         return self.result.success or not self.result.applicable
 
     def to_dict(self) -> dict:
-        data = self.result.to_dict()
-        if self.result.probe in SCRAPE_KINDS:
-            data["api"] = self.api
-            data["models_loaded"] = self.models
-        return data
+        return self.result.to_dict()
 
 
 async def run_modules(config: Config, target: TargetConfig, modules: list[str], timeout: Optional[float],
                       reporter: "Reporter") -> list[Row]:
-    from exporter.daemon import Daemon
-
-    daemon = Daemon(config)  # never started: no scheduler, no server; its runs and gates only
-    daemon.session = new_session()
-    rows = []
+    runner = Runner(config)  # no cached model state: each probe reads it afresh
+    sinks = [LogSink(on_demand=True), reporter]
+    session = new_session()
     try:
-        client = TargetClient(daemon.session, target)
+        client = TargetClient(session, target)
         for kind in modules:
             budget = timeout or config.schedules.for_kind(kind).timeout
             trace = reporter.start(kind)
-            if kind in SCRAPE_KINDS:
-                scrape = await daemon.scrape_now(client, kind, budget, trace)
-                row = scrape_row(scrape, trace)
-            else:
-                result = await daemon.probe_now(client, kind, budget, trace, cached_models=False,
-                                                progress=reporter.progress)
-                row = Row(result)
-            reporter.done(row)
-            rows.append(row)
+            result = await runner.run(client, kind, budget, trace, progress=reporter.progress)
+            deliver(result, sinks)
     finally:
-        await daemon.session.close()
-    return rows
-
-
-def scrape_row(scrape: ScrapeResult, trace: Trace) -> Row:
-    result = ProbeResult(target=scrape.target, probe=scrape.endpoint, success=scrape.success,
-                         started_at=scrape.finished_at - scrape.duration_seconds,
-                         duration_seconds=scrape.duration_seconds, reason=scrape.reason, detail=scrape.detail,
-                         http_status=scrape.http_status, trace=trace.lines)
-    state = scrape.model_info or scrape.health
-    return Row(result, api=scrape.api, models=dict(state.models_loaded) if state else None)
+        await session.close()
+    return reporter.rows
 
 
 class LiveTrace(Trace):
@@ -213,6 +229,7 @@ class Reporter:
         self.verbose = verbose
         self.live = stream.isatty() and not verbose
         self.kind = ""
+        self.rows: list[Row] = []
 
     def start(self, kind: str) -> Trace:
         self.kind = kind
@@ -236,7 +253,10 @@ class Reporter:
         self.stream.write(f"\r\x1b[K{self.kind}: {text[:100]}")
         self.stream.flush()
 
-    def done(self, row: Row) -> None:
+    def record(self, result: ProbeResult) -> None:
+        """The CLI's sink: a row of the table, and the verdict on the status line."""
+        row = Row(result)
+        self.rows.append(row)
         if self.live:
             self.stream.write(f"\r\x1b[K{self.kind}: {_verdict(row)}\n")
             self.stream.flush()
@@ -252,7 +272,7 @@ def _verdict(row: Row) -> str:
 def _figures(row: Row) -> str:
     """Latency and other figures worth a glance, per kind."""
     result = row.result
-    if result.probe in SCRAPE_KINDS:
+    if is_scrape(result.probe):
         parts = [f"api {row.api}"] if row.api else []
         if row.models:
             parts.append(f"{sum(row.models.values())}/{len(row.models)} models loaded")

@@ -1,10 +1,10 @@
 """`GET /probe?target=&module=[&debug=true]`: one run now, into a fresh registry (blackbox_exporter's
 multi-target pattern), so one exporter can serve many whoAsr instances found by service discovery.
 
-The run goes through the daemon's `probe_now`/`scrape_now`, so the health gate and clip loading are the
-scheduled runs' own; it records nothing into the scheduled state, nor into the history: Prometheus may
-call /probe every few seconds, and those runs would push the scheduled failures out of the ring buffers
-the status page reads. `&debug=true` is where an on-demand run can be read.
+The run goes through the scheduled runs' own `Runner` (same health gate, clip loading and probes); its
+result goes only to the log sink, not into the scheduled state nor the history: Prometheus may call
+/probe every few seconds, and those runs would push the scheduled failures out of the ring buffers the
+status page reads. `&debug=true` is where an on-demand run can be read.
 
 Guards: raw URL targets only when `exporter.allowed_targets` has a pattern matching the whole URL (not an
 open proxy); at most `max_concurrent_probes` runs at once, the excess answered 503 at once (no queue).
@@ -18,30 +18,37 @@ import math
 import re
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Optional, Union
+from typing import Optional, Protocol
 
+import aiohttp
 import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
-from exporter.client import TargetClient
-from exporter.config import PROBE_KINDS, SCRAPE_KINDS, TargetConfig
+from exporter.client import TargetClient, public_url
+from exporter.config import Config, TargetConfig
+from exporter.kinds import MODULES, is_scrape
 from exporter.metrics import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, render_result, wants_openmetrics
-from exporter.results import ProbeResult, ScrapeResult, Trace
-
-if TYPE_CHECKING:
-    from exporter.daemon import Daemon
+from exporter.results import ProbeResult, Trace
+from exporter.runner import Runner
+from exporter.sinks import LogSink, Sink, deliver
 
 log = structlog.get_logger("exporter.probe_endpoint")
-
-MODULES = (*PROBE_KINDS, *SCRAPE_KINDS)
 TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
 TIMEOUT_OFFSET = 0.5  # seconds kept back from Prometheus' scrape timeout to write the answer
 HARD_CUT_MARGIN = 0.25  # beyond the budget, the handler answers whatever the run is doing
 MAX_TARGET_CHARS = 2048
 ADHOC_CLIENTS = 32  # URL targets whose client (and detected API generation) is kept for reuse
 
-Result = Union[ProbeResult, ScrapeResult]
+
+
+class ProbeSource(Protocol):
+    """What /probe needs from the daemon: the live config, its clients, session and runner."""
+
+    config: Config
+    clients: dict[str, TargetClient]
+    session: Optional[aiohttp.ClientSession]
+    runner: Runner
 
 
 class BadRequest(Exception):
@@ -66,8 +73,9 @@ class ProbeLimiter:
 
 
 class ProbeHandler:
-    def __init__(self, daemon: "Daemon"):
+    def __init__(self, daemon: ProbeSource):
         self.daemon = daemon
+        self.sinks: list[Sink] = [LogSink(on_demand=True)]
         self.limiter = ProbeLimiter()
         self._adhoc: OrderedDict[str, TargetClient] = OrderedDict()
 
@@ -91,10 +99,7 @@ class ProbeHandler:
             result = await self.run(client, module, budget, trace)
         finally:
             self.limiter.release()
-        if result.success or not getattr(result, "applicable", True):
-            log.debug("on-demand probe done", target=client.name, probe=module, success=result.success)
-        else:
-            log.info("on-demand probe failed", target=client.name, probe=module, reason=result.reason)
+        deliver(result, self.sinks)
         if debug:
             text = debug_report(client, module, budget_note, trace, result, render_result(result).decode())
             return web.Response(text=text, headers=_PLAIN_HEADERS)
@@ -131,7 +136,7 @@ class ProbeHandler:
             self._adhoc[target.url] = client
             while len(self._adhoc) > ADHOC_CLIENTS:
                 _, old = self._adhoc.popitem(last=False)
-                daemon.gates.pop(old.name, None)
+                daemon.runner.gates.pop(old.name, None)
         self._adhoc.move_to_end(target.url)
         return client
 
@@ -153,15 +158,13 @@ class ProbeHandler:
                         f"capped by the {module} schedule timeout {schedule_timeout:g}s)")
 
     # --- the run --------------------------------------------------------------------------------
-    async def run(self, client: TargetClient, module: str, budget: float, trace: Trace) -> Result:
+    async def run(self, client: TargetClient, module: str, budget: float, trace: Trace) -> ProbeResult:
         """One run within `budget`; time spent waiting for the target's health gate counts too."""
         started, started_at = time.monotonic(), time.time()
         try:
             async with asyncio.timeout(budget + HARD_CUT_MARGIN):
-                if module in SCRAPE_KINDS:
-                    return await self.daemon.scrape_now(client, module, budget, trace)
                 # Fresh model state (one cheap /model/info) rather than the scheduled scrape's.
-                return await self.daemon.probe_now(client, module, budget, trace, cached_models=False)
+                return await self.daemon.runner.run(client, module, budget, trace)
         except TimeoutError:
             trace(f"FAILED timeout at deadline: no result within the {budget:g}s budget")
             return ProbeResult(target=client.name, probe=module, success=False, started_at=started_at,
@@ -169,7 +172,7 @@ class ProbeHandler:
                                detail=f"no result within the {budget:g}s budget", trace=trace.lines)
 
 
-def add_routes(app: web.Application, daemon: "Daemon") -> ProbeHandler:
+def add_routes(app: web.Application, daemon: ProbeSource) -> ProbeHandler:
     handler = ProbeHandler(daemon)
     app.router.add_get("/probe", handler)
     return handler
@@ -192,11 +195,9 @@ def _adhoc_name(url: str) -> str:
 
 
 # --- &debug=true ------------------------------------------------------------------------------------
-def debug_report(client: TargetClient, module: str, budget_note: str, trace: Trace, result: Result,
+def debug_report(client: TargetClient, module: str, budget_note: str, trace: Trace, result: ProbeResult,
                  metrics_text: str) -> str:
     """A readable account of the run: what was sent and received, the checks, the result, the metrics."""
-    from exporter.server import public_url
-
     lines = [
         "whoasr-exporter on-demand probe",
         f"target:  {client.name} ({public_url(client.base_url)})",
@@ -216,23 +217,22 @@ def debug_report(client: TargetClient, module: str, budget_note: str, trace: Tra
     return "\n".join(lines)
 
 
-def result_lines(result: Result) -> list[str]:
+def result_lines(result: ProbeResult) -> list[str]:
     """The result as `key: value` lines; only what the run produced."""
     verdict = "yes" if result.success else "no"
-    if isinstance(result, ProbeResult) and not result.applicable:
+    if not result.applicable:
         verdict = "not applicable to this target"
     lines = [f"success:      {verdict}"]
     if result.reason:
         lines.append(f"reason:       {result.reason}")
-    step = getattr(result, "step", None)
-    if step:
-        lines.append(f"failed step:  {step}")
+    if result.step:
+        lines.append(f"failed step:  {result.step}")
     if result.detail:
         lines.append(f"detail:       {result.detail}")
     lines.append(f"duration:     {result.duration_seconds:.3f}s")
     if result.http_status is not None:
         lines.append(f"http status:  {result.http_status}")
-    if isinstance(result, ScrapeResult):
+    if is_scrape(result.probe):
         return lines + _scrape_lines(result)
     if result.error_body:
         lines.append(f"error body:   {result.error_body}")
@@ -259,7 +259,7 @@ def result_lines(result: Result) -> list[str]:
     return lines
 
 
-def _scrape_lines(result: ScrapeResult) -> list[str]:
+def _scrape_lines(result: ProbeResult) -> list[str]:
     lines = []
     if result.api:
         lines.append(f"api:          {result.api}")

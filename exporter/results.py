@@ -1,4 +1,5 @@
-"""Plain result objects: what a scrape or a probe observed. Metrics and history derive from them."""
+"""Plain result objects: what one run of a kind (a scrape or a probe) observed. Every run ends in one
+`ProbeResult`, which the sinks (state and metrics, history, log) take in."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
+
+from exporter.kinds import is_scrape
 
 # The closed set of failure reasons (conventions.md). A failed run carries exactly one: the first that applies.
 REASONS = (
@@ -92,6 +95,31 @@ class Check:
 
 
 @dataclass
+class HealthState:
+    """What a `/health` answer said, in base units; None where the server did not say."""
+
+    status: Optional[str] = None
+    version: Optional[str] = None
+    models_loaded: dict[str, bool] = field(default_factory=dict)
+    total_loaded: Optional[int] = None
+    cpu_ratio: Optional[float] = None
+    memory_ratio: Optional[float] = None
+    memory_total_bytes: Optional[float] = None
+    memory_available_bytes: Optional[float] = None
+    disk_ratio: Optional[float] = None
+    active_connections: Optional[float] = None
+    uptime_seconds: Optional[float] = None
+    model_memory_bytes: dict[str, float] = field(default_factory=dict)
+    model_requests: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ModelInfoState:
+    models_loaded: dict[str, bool] = field(default_factory=dict)
+    total_loaded: Optional[int] = None
+
+
+@dataclass
 class ProbeResult:
     target: str
     probe: str
@@ -114,6 +142,19 @@ class ProbeResult:
     stream: Optional[StreamTimings] = None
     checks: list[Check] = field(default_factory=list)
     trace: list[str] = field(default_factory=list)
+    # scrapes (health, model_info): the detected API generation and what the server said
+    api: Optional[str] = None
+    health: Optional[HealthState] = None
+    model_info: Optional[ModelInfoState] = None
+
+    @property
+    def finished_at(self) -> float:
+        return self.started_at + self.duration_seconds
+
+    def models_loaded(self) -> Optional[dict[str, bool]]:
+        """A scrape's loaded flags (model_info, else health); None when it has none."""
+        state = self.model_info or self.health
+        return dict(state.models_loaded) if state is not None else None
 
     def failed_without_reason(self) -> bool:
         return not self.success and self.applicable and self.reason is None
@@ -148,44 +189,7 @@ class ProbeResult:
         if self.stream is not None:
             data["stream"] = {key: list(value) if isinstance(value, list) else value
                               for key, value in vars(self.stream).items()}
+        if is_scrape(self.probe):
+            data["api"] = self.api
+            data["models_loaded"] = self.models_loaded()
         return data
-
-
-@dataclass
-class HealthState:
-    """What a `/health` answer said, in base units; None where the server did not say."""
-
-    status: Optional[str] = None
-    version: Optional[str] = None
-    models_loaded: dict[str, bool] = field(default_factory=dict)
-    total_loaded: Optional[int] = None
-    cpu_ratio: Optional[float] = None
-    memory_ratio: Optional[float] = None
-    memory_total_bytes: Optional[float] = None
-    memory_available_bytes: Optional[float] = None
-    disk_ratio: Optional[float] = None
-    active_connections: Optional[float] = None
-    uptime_seconds: Optional[float] = None
-    model_memory_bytes: dict[str, float] = field(default_factory=dict)
-    model_requests: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class ModelInfoState:
-    models_loaded: dict[str, bool] = field(default_factory=dict)
-    total_loaded: Optional[int] = None
-
-
-@dataclass
-class ScrapeResult:
-    target: str
-    endpoint: str  # "health" | "model_info"
-    success: bool
-    finished_at: float
-    duration_seconds: float
-    reason: Optional[str] = None
-    detail: str = ""
-    http_status: Optional[int] = None
-    api: Optional[str] = None
-    health: Optional[HealthState] = None
-    model_info: Optional[ModelInfoState] = None

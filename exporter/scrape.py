@@ -7,20 +7,18 @@ from typing import Optional
 
 from exporter.client import TargetClient
 from exporter.health import parse_health, parse_model_info
-from exporter.results import Failure, ScrapeResult, Trace
-
-ENDPOINT_PATHS = {"health": "/health", "model_info": "/model/info"}
+from exporter.results import Failure, ProbeResult, Trace
 
 
-async def scrape(client: TargetClient, endpoint: str, timeout: float, trace: Optional[Trace] = None) -> ScrapeResult:
+async def scrape(client: TargetClient, kind: str, timeout: float, trace: Optional[Trace] = None) -> ProbeResult:
     """One scrape; failures come back as a result with a reason, never as an exception."""
     started = time.monotonic()
     deadline = started + timeout
-    result = ScrapeResult(target=client.name, endpoint=endpoint, success=False, finished_at=0.0, duration_seconds=0.0)
+    result = ProbeResult(target=client.name, probe=kind, success=False, started_at=time.time(), duration_seconds=0.0)
     try:
-        reply, document = await client.get_json(ENDPOINT_PATHS[endpoint], timeout, trace)
+        reply, document = await client.get_json(await client.path(kind, timeout, trace), timeout, trace)
         result.http_status = reply.status
-        if endpoint == "health":
+        if kind == "health":
             result.health = parse_health(document)
         else:
             result.model_info = parse_model_info(document)
@@ -37,5 +35,6 @@ async def scrape(client: TargetClient, endpoint: str, timeout: float, trace: Opt
             if trace:
                 trace(f"API generation not detected: {failure.reason}: {failure.detail}")
     result.api = client.api
-    result.finished_at = time.time()
+    if trace is not None:
+        result.trace = trace.lines
     return result

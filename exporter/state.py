@@ -13,7 +13,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
-from exporter.results import HealthState, ModelInfoState, ProbeResult, ScrapeResult
+from exporter.kinds import KINDS, is_scrape
+from exporter.results import HealthState, ModelInfoState, ProbeResult
 
 INF = float("inf")
 PROBE_DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
@@ -182,17 +183,24 @@ class ExporterState:
         stats = target.probes.get(kind)
         if stats is None:
             stats = ProbeStats(duration=Histogram(self.probe_buckets))
-            if kind in ("stream",):
+            if KINDS[kind].voice_path:
                 stats.stream = StreamStats.empty(self.stream_buckets)
             target.probes[kind] = stats
         return stats
 
     # --- results in -----------------------------------------------------------------------------
-    def record_scrape(self, result: ScrapeResult) -> None:
+    def record(self, result: ProbeResult) -> None:
+        """The state's sink: a scrape updates the target's state, a probe its statistics."""
+        if is_scrape(result.probe):
+            self.record_scrape(result)
+        else:
+            self.record_probe(result)
+
+    def record_scrape(self, result: ProbeResult) -> None:
         if result.target not in self.targets:
             return  # removed by a reload while it ran
         target = self.targets[result.target]
-        endpoint = target.endpoints.setdefault(result.endpoint, EndpointState())
+        endpoint = target.endpoints.setdefault(result.probe, EndpointState())
         endpoint.duration_seconds = result.duration_seconds
         endpoint.last_scrape_timestamp = result.finished_at
         endpoint.last_success = result.success
@@ -202,7 +210,7 @@ class ExporterState:
             target.api = result.api
         if not result.success:
             endpoint.errors[result.reason] += 1
-        if result.endpoint == "health":
+        if result.probe == "health":
             target.up = result.success
             target.health = result.health if result.success else None
         else:
@@ -259,7 +267,7 @@ class ExporterState:
         if target_name not in self.targets:
             return
         target = self.targets[target_name]
-        if kind in ("health", "model_info"):
+        if is_scrape(kind):
             target.endpoints.setdefault(kind, EndpointState()).skipped_total += 1
             self._changed(target_name, "state")
         else:

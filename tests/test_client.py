@@ -59,7 +59,7 @@ async def test_generation_is_detected_from_openapi_and_cached(server):
     async with new_session() as session:
         client = client_for(session, url)
         assert await client.detect_api(2) == "v2"
-        assert await client.path("recognize", 2) == "/offline/recognize"
+        assert await client.path("batch", 2) == "/offline/recognize"
         assert state["openapi_calls"] == 1  # cached
         state["paths"] = {"/recognize": {}}
         client.forget_api()  # after a failure: detect again

@@ -13,7 +13,8 @@ import soxr
 
 from exporter.client import TargetClient, new_session
 from exporter.clips import SAMPLE_RATE, ClipError, builtin_clip, decode, load_clip
-from exporter.config import StreamProbe, TargetConfig, parse_config
+from exporter.config import TargetConfig, parse_config
+from exporter.kinds import StreamProbe
 from exporter.probes import ProbeContext, run_probe
 from tests.support import ROOT, start_simulator
 

@@ -31,9 +31,34 @@ BAD_CONFIGS = [
     ("exporter: {web: {basic_auth_users: {admin: hunter2}}}\n", "expected a bcrypt hash"),
     ("probes:\n  stream: {frame_ms: 1000}\n", "probes.stream.frame_ms: Input should be less than or equal to 600"),
     ("probes:\n  batch: {clip: missing}\n", "probes.batch.clip: unknown clip 'missing'"),
+    ("probes:\n  stream: {allow_model_load: true}\n",
+     "probes.stream.allow_model_load: allowed only under probes.batch and probes.punctuation"),
+    ("probes:\n  timestamp: {allow_model_load: false}\n",
+     "probes.timestamp.allow_model_load: allowed only under probes.batch and probes.punctuation"),
+    ("probes:\n  vad: {allow_model_load: true}\n", "remove the key"),
     ("clips:\n  mine: {path: /nonexistent/clip.wav, transcript: hi}\n", "clips.mine.path: no such file"),
     ("targets:\n  - {name: a, url: 'http://x', bearer_token: t, basic_auth: {username: u, password: p}}\n",
      "targets[0]: bearer_token and basic_auth both set"),
+    ("targets:\n  - {name: a, url: 'http://x', bearer_token: t, bearer_token_file: /run/token}\n",
+     "targets[0]: bearer_token and bearer_token_file both set"),
+    ("targets:\n  - {name: a, url: 'http://x', basic_auth: {username: u, password: p, password_file: /f}}\n",
+     "targets[0].basic_auth: set exactly one of password and password_file"),
+    ("targets:\n  - {name: a, url: 'http://x', basic_auth: {username: u}}\n",
+     "targets[0].basic_auth: set exactly one of password and password_file"),
+    ("targets:\n  - {name: a, url: 'https://x', tls_config: {ca_file: /nonexistent/ca.pem}}\n",
+     "targets[0].tls_config.ca_file: no such file '/nonexistent/ca.pem'"),
+    ("targets:\n  - {name: a, url: 'https://x', tls_config: {cert_file: /c.pem}}\n",
+     "targets[0].tls_config: cert_file and key_file must be set together"),
+    ("targets:\n  - {name: a, url: 'https://x', tls_config: {verify: false}}\n",
+     "targets[0].tls_config.verify: unknown key"),
+    ("targets:\n  - {name: a, url: 'https://x', tls_config: {server_name: 'a b'}}\n",
+     "targets[0].tls_config: server_name: expected a host name"),
+    ("targets:\n  - {name: a, url: 'http://x', tls_config: {insecure_skip_verify: true}}\n",
+     "targets[0]: tls_config is set but the url is not https://"),
+    ("targets:\n  - {name: a, url: 'http://x', proxy_url: 'https://proxy:3128'}\n",
+     "targets[0].proxy_url: expected an HTTP proxy URL"),
+    ("targets:\n  - {name: a, url: 'http://x', proxy_url: 'http://proxy:3128/path'}\n",
+     "targets[0].proxy_url: expected http://[USER:PASSWORD@]HOST:PORT without a path"),
     ("tragets: []\n", "tragets: unknown key"),
     ("- just\n- a list\n", "(top level): expected a mapping"),
     ("targets: [\n", "not valid YAML"),
@@ -96,3 +121,19 @@ def test_clip_paths_resolve_against_the_config_file(tmp_path):
     path.write_text("clips:\n  hello: {path: clips/hello.wav, transcript: 你好}\nprobes:\n  batch: {clip: hello}\n")
     config = load_config(path)
     assert config.clips["hello"].path == str(clip)
+
+
+@pytest.mark.parametrize("field,content,expected", [
+    ("ca_file", b"not a certificate\n", "holds no PEM CA certificate"),
+    ("cert_file", b"not a certificate\n", "are not a PEM certificate and its private key"),
+])
+def test_unusable_tls_files_exit_2_naming_the_field(tmp_path, field, content, expected):
+    (tmp_path / "bad.pem").write_bytes(content)
+    tls = {"ca_file": "bad.pem"} if field == "ca_file" else {"cert_file": "bad.pem", "key_file": "bad.pem"}
+    path = tmp_path / "config.yaml"
+    path.write_text(f"targets:\n  - {{name: a, url: 'https://x', tls_config: {tls}}}\n")
+    proc = subprocess.run([sys.executable, "-m", "exporter", "check-config", str(path)],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"{path}: targets[0].tls_config.{field}: '{tmp_path / 'bad.pem'}' "), proc.stderr
+    assert expected in proc.stderr, proc.stderr

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from exporter.config import PROBE_KINDS, SCRAPE_KINDS, ExporterConfig, TargetConfig, load_config, parse_config
+from exporter.config import ExporterConfig, TargetConfig, load_config, parse_config
+from exporter.kinds import MODULES
 from exporter.render.rules import rule_groups
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +36,6 @@ EXAMPLE_CONFIG = ROOT / "config.example.yaml"
 CONFIG_PATH = "/etc/whoasr-exporter/config.yaml"
 EXPORTER_PORT = 9877
 IMAGE_UID = 10001
-MODULES = (*PROBE_KINDS, *SCRAPE_KINDS)
 PROM_DURATION = re.compile(r"^((\d+)y)?((\d+)w)?((\d+)d)?((\d+)h)?((\d+)m)?((\d+)s)?((\d+)ms)?$")
 
 
@@ -977,3 +977,34 @@ def test_probe_resources_live(tmp_path):
     finally:
         for process in reversed(processes):
             process.stop()
+
+
+# --- target secrets: from a Kubernetes Secret / a compose secret file, never from the config ------------
+def test_kubernetes_token_comes_from_the_mounted_secret():
+    deployment = k8s_object("Deployment")
+    secret = k8s_object("Secret", "whoasr-exporter-secrets")
+    configmap = k8s_object("ConfigMap", "whoasr-exporter-config")
+    spec = deployment["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    volume = next(v for v in spec["volumes"] if v.get("secret", {}).get("secretName") == secret["metadata"]["name"])
+    mount = next(m for m in container["volumeMounts"] if m["name"] == volume["name"])
+    assert mount["readOnly"] is True
+    assert volume["secret"]["defaultMode"] & 0o004 == 0, "the token must not be world-readable"
+    assert spec["securityContext"]["fsGroup"] == IMAGE_UID, "group-readable by the exporter's user"
+    config = yaml.safe_load(configmap["data"]["config.yaml"])
+    for target in config["targets"]:
+        assert "bearer_token" not in target, f"{target['name']}: a token in a ConfigMap"
+        directory, _, key = target["bearer_token_file"].rpartition("/")
+        assert directory == mount["mountPath"] and key in secret["stringData"], target
+
+
+def test_compose_token_comes_from_a_secret_file():
+    stack = compose()
+    exporter = stack["services"]["exporter"]
+    (name,) = exporter["secrets"]
+    source = stack["secrets"][name]["file"]
+    default = source.split(":-", 1)[1].rstrip("}") if source.startswith("${") else source
+    assert (COMPOSE_DIR / default).is_file()
+    config = load_config(COMPOSE_DIR / "exporter.yaml")
+    assert config.targets and all(t.bearer_token_file == f"/run/secrets/{name}" and t.bearer_token is None
+                                  for t in config.targets)

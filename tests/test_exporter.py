@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 import subprocess
@@ -182,3 +183,19 @@ def test_logs_are_json_lines_with_target_and_reason(stack):
     events = [json.loads(line) for line in stack.exporter.output().splitlines() if line.startswith("{")]
     failures = [e for e in events if e.get("event") == "scrape failed" and e.get("target") == "asr-refused"]
     assert failures and failures[0]["reason"] == "connect_error" and failures[0]["endpoint"] in ("health", "model_info")
+
+
+@pytest.mark.parametrize("accept_encoding,compressed", [
+    ("gzip", True), ("deflate, gzip;q=0.5, br", True), ("*", True), ("x-gzip", True),
+    (None, False), ("identity", False), ("gzip;q=0", False), ("br, deflate", False), ("*, gzip;q=0", False),
+])
+def test_metrics_are_gzipped_when_asked_and_only_then(stack, accept_encoding, compressed):
+    headers = {"Accept-Encoding": accept_encoding} if accept_encoding is not None else {}
+    status, body, got = http_get(stack.base + "/metrics", headers=headers)
+    assert status == 200 and got["Vary"] == "Accept-Encoding"
+    assert got.get("Content-Encoding") == ("gzip" if compressed else None)
+    text = (gzip.decompress(body) if compressed else body).decode()
+    assert text.startswith("# HELP whoasr_") and "\nwhoasr_exporter_build_info{" in text
+    assert int(got["Content-Length"]) == len(body)
+    if compressed:
+        assert len(body) < len(text) / 4

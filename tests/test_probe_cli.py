@@ -10,7 +10,7 @@ import time
 import pytest
 
 from exporter.clips import builtin_clip
-from tests.support import ROOT, exporter_cmd, free_port, sim_delete, sim_fault, start_simulator
+from tests.support import ROOT, exporter_cmd, free_port, sim_delete, sim_fault, sim_put, sim_stats, start_simulator
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -174,3 +174,15 @@ def test_named_target_missing_from_the_config_exits_2(tmp_path):
     config.write_text('targets: [{name: other, url: "http://127.0.0.1:9"}]\n')
     run = probe("--target", "asr", "--config", str(config))
     assert run.returncode == 2 and f"unknown target 'asr' in {config}" in run.stderr
+
+
+def test_unloaded_on_demand_model_is_not_loaded_by_the_cli(sims):
+    url = sims["v2"]
+    sim_put(url, "models/offline_asr", {"loaded": False})
+    try:
+        run = probe("--target", url, "--module", "batch", "-v")
+        assert run.returncode == 1, run.stdout + run.stderr
+        assert "model_not_loaded" in run.stdout and "model check: offline_asr not loaded" in run.stderr
+        assert sim_stats(url)["on_demand_loads"]["offline_asr"] == 0
+    finally:
+        sim_put(url, "models/offline_asr", {"loaded": True})

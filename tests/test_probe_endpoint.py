@@ -11,13 +11,13 @@ import urllib.parse
 
 import pytest
 
+from exporter.kinds import MODULES, is_scrape
 from tests.metrics_text import samples, value
 from tests.support import (LOOPBACK, Stack, free_port, http_get, sim_fault, sim_put, sim_reset, sim_stats,
                            wait_until)
 
 pytestmark = pytest.mark.timeout(60)
 
-MODULES = ("batch", "stream", "punctuation", "vad", "timestamp", "stream_vad", "health", "model_info")
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_every_module_passes_on_a_healthy_target(stack, api, module):
     if module == "stream":
         assert 0 < value(text, "whoasr_stream_first_result_seconds") < 2
         assert value(text, "whoasr_stream_partial_results") >= 1
-    if module in ("health", "model_info"):
+    if is_scrape(module):
         assert value(text, "whoasr_model_loaded", model="offline_asr") == 1.0
         assert value(text, "whoasr_models_loaded") == 5
         assert value(text, "whoasr_info", api=api) == 1.0
@@ -233,3 +233,19 @@ def test_openmetrics_is_negotiated(stack):
     assert status == 200
     assert headers["Content-Type"].startswith("application/openmetrics-text")
     assert body.decode().rstrip().endswith("# EOF")
+
+
+@pytest.mark.parametrize("module,model", [("batch", "offline_asr"), ("punctuation", "punctuation")])
+def test_unloaded_on_demand_model_is_read_afresh_and_not_loaded(stack, module, model):
+    """The same fresh model check as scheduled runs: its read is in the debug trace, nothing is sent."""
+    url = stack.urls["v2"]
+    sim_put(url, f"models/{model}", {"loaded": False})
+    before = sim_stats(url)
+    status, text, _ = probe(stack, "asr-v2", module, debug=True)
+    assert status == 200
+    assert f"model check: {model} not loaded" in text and "FAILED model_not_loaded at model_check" in text, text
+    after = sim_stats(url)
+    assert after["on_demand_loads"][model] == 0
+    assert after["requests"]["model_info"] == before["requests"]["model_info"] + 1
+    endpoint = "recognize" if module == "batch" else "punctuation"
+    assert after["requests"][endpoint] == before["requests"][endpoint]

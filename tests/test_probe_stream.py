@@ -18,7 +18,8 @@ import pytest
 
 from exporter.clips import SAMPLE_RATE, builtin_clip
 from exporter.client import TargetClient, new_session
-from exporter.config import StreamProbe, StreamVadProbe, TargetConfig
+from exporter.config import TargetConfig
+from exporter.kinds import StreamProbe, StreamVadProbe
 from exporter.probes import ProbeContext, run_probe, stream, websocket
 from exporter.probes.result_lag import ResultLagClock
 from exporter.probes.websocket import CLOSE_SECONDS

@@ -9,24 +9,26 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import wave
 
 import pytest
 
 from exporter.client import Reply, TargetClient, new_session
 from exporter.clips import Clip, builtin_clip, decode
-from exporter.config import BatchProbe, PunctuationProbe, TargetConfig, TimestampProbe, VadProbe
+from exporter.config import TargetConfig
+from exporter.kinds import KINDS
 from exporter.probes import ProbeContext, run_probe
 from exporter.probes.batch import _transcript
 from exporter.probes.common import audio_form
 from exporter.probes.timestamp import V1_DETAIL
 from exporter.probes.vad import _segments
 from exporter.results import Failure
-from tests.support import free_port, sim_delete, sim_fault, sim_model, sim_put, sim_reset, sim_stats, start_simulator
+from tests.support import (free_port, http_post, sim_admin, sim_delete, sim_fault, sim_model, sim_put, sim_reset,
+                           sim_stats, start_simulator)
 
 pytestmark = pytest.mark.timeout(20)
 
-SETTINGS = {"batch": BatchProbe, "punctuation": PunctuationProbe, "vad": VadProbe, "timestamp": TimestampProbe}
 KINDS_V1 = ("batch", "punctuation", "vad")  # timestamp does not apply to v1
 CLIP = builtin_clip()
 SLACK = 0.15  # how far above an injected latency a run may end
@@ -41,6 +43,10 @@ def kinds_of(api: str) -> tuple[str, ...]:
 # which test_timestamp_is_not_applicable_on_v1 covers.
 APPLICABLE = pytest.mark.parametrize("sim,kind", [(api, kind) for api in ("v1", "v2") for kind in kinds_of(api)],
                                      indirect=["sim"])
+
+
+def sim_admin_models(url: str) -> dict:
+    return sim_admin(url, "GET", "models")
 
 
 def requests_seen(url: str, endpoint: str) -> int:
@@ -83,7 +89,7 @@ async def probe(url: str, kind: str, timeout: float = 5.0, clip: Clip = CLIP, **
     """Runs one probe of `kind` the way the scheduler does, with a fresh session and client."""
     async with new_session() as session:
         client = TargetClient(session, TargetConfig(name="sim", url=url, api="auto"))
-        ctx = ProbeContext(client=client, settings=SETTINGS[kind](**settings), timeout=timeout, clip=clip)
+        ctx = ProbeContext(client=client, settings=KINDS[kind].settings(**settings), timeout=timeout, clip=clip)
         return await run_probe(kind, ctx)
 
 
@@ -156,7 +162,7 @@ async def test_punctuation_adds_marks(sim):
     _, url = sim
     result = await probe(url, "punctuation")
     assert result.success
-    assert result.expected_transcript == PunctuationProbe().text
+    assert result.expected_transcript == KINDS["punctuation"].settings().text
     assert result.transcript != result.expected_transcript and "。" in result.transcript
 
 
@@ -273,14 +279,74 @@ async def test_silence_is_empty_transcript_counted_as_all_wrong(sim):
     assert result.audio_seconds == 2.0
 
 
-@pytest.mark.parametrize("kind", ["batch", "punctuation"])
+ON_DEMAND = pytest.mark.parametrize("kind", ["batch", "punctuation"])
+ON_DEMAND_MODEL = {"batch": "offline_asr", "punctuation": "punctuation"}
+
+
+def on_demand_loads(url: str) -> dict[str, int]:
+    return sim_stats(url)["on_demand_loads"]
+
+
+@ON_DEMAND
 async def test_unloaded_on_demand_model_is_not_requested(sim, kind):
     _, url = sim
-    sim_model(url, "offline_asr" if kind == "batch" else "punctuation", loaded=False)
+    sim_model(url, ON_DEMAND_MODEL[kind], loaded=False)
     result = await probe(url, kind)
     assert_failed(result, "model_not_loaded")
     assert result.step == "model_check" and result.http_status is None
     assert requests_seen(url, ENDPOINT[kind]) == 0
+    assert requests_seen(url, "model_info") == 1  # read afresh by the run itself, nothing cached
+    assert set(on_demand_loads(url).values()) == {0}
+    assert sim_admin_models(url)[ON_DEMAND_MODEL[kind]]["loaded"] is False
+    assert any(f"model check: {ON_DEMAND_MODEL[kind]} not loaded" in line for line in result.trace), result.trace
+
+
+@ON_DEMAND
+async def test_every_on_demand_request_is_preceded_by_a_fresh_read(sim, kind):
+    """Loaded, unloaded through whoAsr's own API, reloaded: each run reads the state again and follows it."""
+    _, url = sim
+    model = ON_DEMAND_MODEL[kind]
+    outcomes = []
+    for loaded in (True, False, True, False):
+        if loaded:
+            assert http_post(f"{url}/model/load", json.dumps({"model_type": model}).encode(),
+                             headers={"Content-Type": "application/json"})[0] == 200
+        else:
+            assert http_post(f"{url}/model/unload/{model}")[0] == 200
+        result = await probe(url, kind)
+        outcomes.append(result.success if loaded else result.reason)
+    assert outcomes == [True, "model_not_loaded", True, "model_not_loaded"]
+    assert requests_seen(url, "model_info") == 4 and requests_seen(url, ENDPOINT[kind]) == 2
+    assert set(on_demand_loads(url).values()) == {0}
+
+
+@ON_DEMAND
+async def test_unreadable_model_state_sends_nothing(sim, kind):
+    """If the state cannot be read the request is not sent: the run fails with the read's reason."""
+    _, url = sim
+    sim_fault(url, "model_info", status=500)
+    result = await probe(url, kind)
+    assert_failed(result, "http_5xx")
+    assert result.step == "model_check" and "cannot read the model state" in result.detail
+    assert requests_seen(url, ENDPOINT[kind]) == 0
+    sim_fault(url, "model_info", garbage=True)
+    result = await probe(url, kind)
+    assert_failed(result, "bad_response")
+    assert result.step == "model_check" and requests_seen(url, ENDPOINT[kind]) == 0
+
+
+@ON_DEMAND
+async def test_the_read_counts_in_the_deadline_not_in_the_duration(sim, kind):
+    _, url = sim
+    sim_fault(url, "model_info", latency=0.4)
+    began = time.monotonic()
+    result = await probe(url, kind)
+    wall = time.monotonic() - began
+    assert result.success, (result.reason, result.detail, result.trace)
+    assert result.duration_seconds <= wall - 0.4  # the read's 0.4 s (at least) is left out
+    result = await probe(url, kind, timeout=0.3)  # the read alone outlasts the deadline
+    assert_failed(result, "timeout")
+    assert result.step == "model_check" and requests_seen(url, ENDPOINT[kind]) == 1
 
 
 async def test_batch_allow_model_load_sends_the_request(sim):
@@ -289,6 +355,8 @@ async def test_batch_allow_model_load_sends_the_request(sim):
     result = await probe(url, "batch", allow_model_load=True)
     assert result.success
     assert requests_seen(url, "recognize") == 1
+    assert requests_seen(url, "model_info") == 0  # allowed: no need to look
+    assert on_demand_loads(url)["offline_asr"] == 1  # the one load the operator allowed
     # A failed on-demand load says "Failed to load": a server error, not a known-unloaded model.
     sim_model(url, "offline_asr", loaded=False, fail_load=True)
     result = await probe(url, "batch", allow_model_load=True)

@@ -1,5 +1,6 @@
 """Scheduled probes in a real exporter process against real simulators: results become the right metrics
-and history; a slow target produces skips, not a pile-up; a known-unloaded model is never loaded on demand."""
+and history; a slow target produces skips, not a pile-up; an unloaded model is never loaded on demand, even
+when it was unloaded after the last scheduled /model/info scrape."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ import urllib.parse
 
 import pytest
 
+from exporter.kinds import DEFAULT_PROBES
 from tests.metrics_text import value
-from tests.support import (LOOPBACK, Stack, free_port, http_get, sim_admin, sim_fault, sim_model, sim_reset,
-                           sim_stats, wait_until)
+from tests.support import (LOOPBACK, Stack, free_port, http_get, http_post, sim_admin, sim_fault, sim_model,
+                           sim_reset, sim_stats, wait_until)
 
-KINDS = ("batch", "stream", "punctuation", "vad", "timestamp")
+KINDS = DEFAULT_PROBES
 MODELS = {"batch": "offline_asr", "stream": "streaming_asr", "punctuation": "punctuation", "vad": "vad",
           "timestamp": "timestamp"}
 
@@ -126,8 +128,8 @@ def test_slow_target_produces_skips_not_a_pile_up(stack):
 
 def test_known_unloaded_model_is_not_loaded_on_demand(stack):
     url = stack.urls["asr-v2"]
-    # fail_load: a run that starts before the exporter has seen the unload cannot load the model back
-    sim_model(url, "offline_asr", loaded=False, fail_load=True)
+    sim_admin(url, "DELETE", "stats")
+    sim_model(url, "offline_asr", loaded=False)
     try:
         def refused():
             text = stack.metrics()
@@ -143,9 +145,67 @@ def test_known_unloaded_model_is_not_loaded_on_demand(stack):
                                  reason="model_not_loaded") >= failures_before + 2, timeout=20,
                    what="two more refused runs")
         assert sim_stats(url)["requests"].get("recognize", 0) == before  # nothing was sent
+        assert sim_stats(url)["on_demand_loads"]["offline_asr"] == 0
         assert sim_admin(url, "GET", "models")["offline_asr"]["loaded"] is False  # and nothing loaded it
     finally:
         sim_reset(url)
+
+
+@pytest.fixture(scope="module")
+def rare_model_info(tmp_path_factory):
+    """An exporter that reads /model/info on its schedule only once a minute, probing every 500 ms."""
+    stack = Stack(tmp_path_factory.mktemp("rare-model-info"))
+    try:
+        url = stack.simulator("asr", "v2")
+        port = free_port()
+        stack.serve(f"""
+exporter: {{listen: "{LOOPBACK}:{port}", log_format: json}}
+targets:
+  - {{name: asr, url: "{url}", probes: [batch, punctuation]}}
+schedules:
+  health: {{interval: 60s, timeout: 2s}}
+  model_info: {{interval: 60s, timeout: 2s}}
+  batch: {{interval: 500ms, timeout: 500ms}}
+  punctuation: {{interval: 500ms, timeout: 500ms}}
+""", port)
+        yield stack
+    finally:
+        stack.stop()
+
+
+def test_unload_between_the_scheduled_read_and_the_next_probe(rare_model_info):
+    """The issue's reproduction: both models unloaded through whoAsr's own API after passing runs, long
+    before the next scheduled /model/info scrape. The next runs read the state afresh and send nothing;
+    no model is loaded back. The scheduled gauge still says loaded: the probes did not rely on it."""
+    stack = rare_model_info
+    url = stack.urls["asr"]
+
+    def passed(kind):
+        return (value(stack.metrics(), "whoasr_probe_success", target="asr", probe=kind) or 0) == 1.0
+
+    def scraped():  # the first scheduled runs are spread over up to 10 s
+        return value(stack.metrics(), "whoasr_model_loaded", target="asr", model="offline_asr") == 1.0
+
+    wait_until(lambda: passed("batch") and passed("punctuation") and scraped(), timeout=20, interval=0.2,
+               what="batch and punctuation passing, model state scraped")
+    for model in ("offline_asr", "punctuation"):
+        assert http_post(f"{url}/model/unload/{model}")[0] == 200
+    sim_admin(url, "DELETE", "stats")
+
+    def refused(kind, count):
+        return (value(stack.metrics(), "whoasr_probe_failures_total", target="asr", probe=kind,
+                      reason="model_not_loaded") or 0) >= count
+
+    wait_until(lambda: refused("batch", 4) and refused("punctuation", 4), timeout=30, interval=0.2,
+               what="four refused runs of each")
+    stats = sim_stats(url)
+    assert stats["on_demand_loads"] == {m: 0 for m in stats["on_demand_loads"]}
+    assert stats["requests"]["recognize"] == 0 and stats["requests"]["punctuation"] == 0
+    assert stats["requests"]["model_info"] >= 8  # one fresh read per run
+    models = sim_admin(url, "GET", "models")
+    assert models["offline_asr"]["loaded"] is False and models["punctuation"]["loaded"] is False
+    # the scheduled scrape has not run since: its state is stale, and was not used
+    assert value(stack.metrics(), "whoasr_model_loaded", target="asr", model="offline_asr") == 1.0
 
 
 def test_history_and_status_page_show_failures(stack):

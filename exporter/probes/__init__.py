@@ -11,13 +11,12 @@ import asyncio
 import importlib
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Awaitable, Callable, Mapping, Optional
+from typing import TYPE_CHECKING, Awaitable, Callable, Optional
 
 import structlog
 from pydantic import BaseModel
 
 from exporter.client import TargetClient
-from exporter.health import parse_model_info
 from exporter.results import Failure, ProbeResult, Trace
 
 if TYPE_CHECKING:  # clips pull in numpy and libsndfile: loaded only once a probe needs a clip
@@ -25,17 +24,6 @@ if TYPE_CHECKING:  # clips pull in numpy and libsndfile: loaded only once a prob
 
 log = structlog.get_logger("exporter.probes")
 
-# The model type each probe kind needs, and whether whoAsr would load it on demand (blocking the
-# whole server for minutes) if it is not loaded.
-PROBE_MODELS = {
-    "batch": "offline_asr",
-    "stream": "streaming_asr",
-    "punctuation": "punctuation",
-    "vad": "vad",
-    "timestamp": "timestamp",
-    "stream_vad": "vad",
-}
-LOADS_ON_DEMAND = frozenset({"batch", "punctuation"})
 GUARD_SECONDS = 2.0  # beyond its own timeout, how long a probe may take before it is cut off
 
 
@@ -45,12 +33,12 @@ class ProbeContext:
     settings: BaseModel  # the probes.<kind> section of the config
     timeout: float
     clip: Optional["Clip"] = None
-    models_loaded: Optional[Mapping[str, bool]] = None  # last known model state; None: unknown
     trace: Trace = field(default_factory=Trace)
     progress: Optional[Callable[[str], None]] = None  # live progress for people (the probe CLI)
 
     def __post_init__(self) -> None:
         self._started = time.monotonic()
+        self._excluded = 0.0  # time spent on reads that are not the probe's request (model_check.py)
         self.deadline = self._started + self.timeout
 
     def remaining(self) -> float:
@@ -62,20 +50,11 @@ class ProbeContext:
                            duration_seconds=0.0)
 
     def elapsed(self) -> float:
-        return time.monotonic() - self._started
+        """The run's duration so far, without the time excluded (the deadline still counts all of it)."""
+        return time.monotonic() - self._started - self._excluded
 
-    def require_model(self, kind: str) -> None:
-        """Refuses a probe that would make whoAsr load its model on demand, unless the user allowed it."""
-        model = PROBE_MODELS[kind]
-        if kind not in LOADS_ON_DEMAND or getattr(self.settings, "allow_model_load", False):
-            return
-        if self.models_loaded is not None and self.models_loaded.get(model) is False:
-            raise Failure(
-                "model_not_loaded",
-                f"{model} is not loaded; not sending the request, since whoAsr would load it on demand and "
-                f"block for minutes (set probes.{kind}.allow_model_load: true to allow that)",
-                step="model_check",
-            )
+    def exclude_from_duration(self, seconds: float) -> None:
+        self._excluded += seconds
 
 
 ProbeFunction = Callable[[ProbeContext], Awaitable[ProbeResult]]
@@ -86,24 +65,11 @@ def probe_function(kind: str) -> ProbeFunction:
     return module.run
 
 
-async def fetch_models_loaded(ctx: ProbeContext) -> None:
-    """Fills in the model state when nothing cached is known (on-demand runs: /probe, the CLI)."""
-    if ctx.models_loaded is not None:
-        return
-    try:
-        _, document = await ctx.client.get_json("/model/info", min(ctx.remaining(), 5.0), ctx.trace)
-        ctx.models_loaded = parse_model_info(document).models_loaded
-    except Failure as failure:
-        ctx.trace(f"model state unknown ({failure.reason}); going on without it")
-
-
 async def run_probe(kind: str, ctx: ProbeContext) -> ProbeResult:
     """Runs one probe to a result, whatever happens: its deadline is enforced here as a last resort."""
     result: Optional[ProbeResult] = None
     try:
         async with asyncio.timeout(ctx.timeout + GUARD_SECONDS):
-            if kind in LOADS_ON_DEMAND:
-                await fetch_models_loaded(ctx)
             result = await probe_function(kind)(ctx)
     except Failure as failure:
         result = failed(ctx, kind, failure)

@@ -22,15 +22,13 @@ async def run(ctx: ProbeContext) -> ProbeResult:
 async def _probe(ctx: ProbeContext, result: ProbeResult) -> None:
     settings, clip = ctx.settings, ctx.clip
     result.expected_transcript = clip.transcript
-    # whoAsr would load the offline model on demand and block for minutes: only if the user allowed it.
-    ctx.require_model(KIND)
     form = audio_form(
         clip, "file",
         batch_size_s=str(settings.batch_size_s),
         batch_size_threshold_s=str(settings.batch_size_threshold_s),
         hotword=",".join(settings.hotwords) if settings.hotwords else None,
     )
-    reply = await post(ctx, result, "recognize", form=form)
+    reply = await post(ctx, result, KIND, form=form)
     expect_ok(reply)
     result.audio_seconds = clip.duration_seconds
     result.processing_seconds = reply.elapsed

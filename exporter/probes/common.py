@@ -15,6 +15,7 @@ import aiohttp
 from exporter.client import Reply
 from exporter.clips import Clip
 from exporter.probes import ProbeContext, failed
+from exporter.probes.model_check import ensure_model_loaded
 from exporter.results import Check, Failure, ProbeResult, redact
 
 # v1 checks the part's Content-Type, v2 the file name's extension: this pair satisfies both.
@@ -52,11 +53,18 @@ def audio_form(clip: Clip, field: str, **fields: Optional[str]) -> aiohttp.FormD
     return form
 
 
-async def post(ctx: ProbeContext, result: ProbeResult, endpoint: str, *, form: Optional[aiohttp.FormData] = None,
+async def post(ctx: ProbeContext, result: ProbeResult, kind: str, *, form: Optional[aiohttp.FormData] = None,
                json_body: Any = None) -> Reply:
-    """POSTs to the generation's path for `endpoint` within the run's deadline; records the HTTP status."""
+    """POSTs to the generation's path for the probe kind within the run's deadline; records the HTTP status.
+
+    A request whoAsr would answer by loading a model on demand is preceded by a fresh model check."""
     try:
-        path = await ctx.client.path(endpoint, ctx.remaining(), ctx.trace)
+        path = await ctx.client.path(kind, ctx.remaining(), ctx.trace)
+    except Failure as failure:
+        failure.step = failure.step or "request"
+        raise
+    await ensure_model_loaded(ctx, kind)
+    try:
         reply = await ctx.client.request("POST", path, timeout=ctx.remaining(), form=form, json_body=json_body,
                                          trace=ctx.trace)
     except Failure as failure:

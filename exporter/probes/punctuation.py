@@ -22,8 +22,7 @@ async def run(ctx: ProbeContext) -> ProbeResult:
 async def _probe(ctx: ProbeContext, result: ProbeResult) -> None:
     text = ctx.settings.text
     result.expected_transcript = text
-    ctx.require_model(KIND)
-    reply = await post(ctx, result, "punctuation", json_body={"text": text})
+    reply = await post(ctx, result, KIND, json_body={"text": text})
     expect_ok(reply)
     document = json_object(reply)
     answer = document.get("punctuated_text", document.get("text"))

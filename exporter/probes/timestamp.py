@@ -39,7 +39,7 @@ async def _probe(ctx: ProbeContext, result: ProbeResult) -> None:
         ctx.trace(f"not applicable: {V1_DETAIL}")
         return
 
-    reply = await post(ctx, result, "timestamp", form=audio_form(clip, "audio_file", text_content=clip.transcript))
+    reply = await post(ctx, result, KIND, form=audio_form(clip, "audio_file", text_content=clip.transcript))
     expect_ok(reply)
     result.audio_seconds = clip.duration_seconds
     result.processing_seconds = reply.elapsed

@@ -23,7 +23,7 @@ async def run(ctx: ProbeContext) -> ProbeResult:
 
 async def _probe(ctx: ProbeContext, result: ProbeResult) -> None:
     settings, clip = ctx.settings, ctx.clip
-    reply = await post(ctx, result, "vad", form=audio_form(clip, "file"))
+    reply = await post(ctx, result, KIND, form=audio_form(clip, "file"))
     expect_ok(reply)
     result.audio_seconds = clip.duration_seconds
     result.processing_seconds = reply.elapsed

@@ -34,7 +34,6 @@ _NOT_LOADED = re.compile(r"\bnot\s+loaded\b", re.IGNORECASE)
 class Dialect:
     """What differs between the recognition WebSocket and the VAD one."""
 
-    path: str  # prefix of the path; the client id follows
     start: str
     started: str  # status message that answers `start`
     stop: str
@@ -44,9 +43,9 @@ class Dialect:
     measures_lag: bool = False  # results map to 9,600-sample strides (result_lag.py)
 
 
-RECOGNITION = Dialect("/ws/", "start_recording", "Recording started", "stop_recording", "Recording stopped",
+RECOGNITION = Dialect("start_recording", "Recording started", "stop_recording", "Recording stopped",
                       "recognition_result", measures_lag=True)
-VAD = Dialect("/vad/ws/", "start_vad", "VAD started", "stop_vad", "VAD stopped", "vad_result",
+VAD = Dialect("start_vad", "VAD started", "stop_vad", "VAD stopped", "vad_result",
               forbidden_means="VAD")
 
 # Called with each result message and its arrival time; validates it (Failure on a wrong shape) and
@@ -241,7 +240,8 @@ class Session:
         self.result.processing_seconds = max(elapsed - audio_seconds, 0.0) if realtime else elapsed
 
     async def _connect(self, client_id: str) -> None:
-        path = self.dialect.path + client_id
+        # the registry's path of the kind (the same in both generations): the client id follows
+        path = await self.ctx.client.path(self.result.probe, self.ctx.remaining(), self.ctx.trace) + client_id
         self.ctx.trace(f"WebSocket {path}")
         began = self.loop.time()
         try:

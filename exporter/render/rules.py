@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import yaml
 
-from exporter.config import PROBE_KINDS, Config
+from exporter.config import Config
+from exporter.kinds import KINDS, PROBE_KINDS
 
 from . import slo as slo_rules
 from .promql import duration, number_text, ratio_text
@@ -23,7 +24,6 @@ HEADER = (
 )
 MIN_RATE_WINDOW = 300.0  # seconds; never judge a ratio on less than 5 minutes
 CER_MIN_WINDOW = 3600.0  # seconds; accuracy is judged over at least an hour of transcripts
-TRANSCRIPT_PROBES = ("batch", "stream")  # the probes that count reference characters and errors
 # Request/response probes, whose run time is what a user waits for. A streaming session lasts as long as
 # its clip, played in real time: the voice path is judged by its first result and result lag instead.
 DURATION_PROBES = ("batch", "punctuation", "vad", "timestamp")
@@ -173,7 +173,7 @@ def sli_rules(config: Config) -> list[dict]:
             rules.append({"record": p95_name("whoasr_probe_duration_seconds", w),
                           "expr": _p95("whoasr_probe_duration_seconds", BY, w, f'probe="{kind}"'),
                           "labels": {"probe": kind}})
-        if kind in TRANSCRIPT_PROBES:
+        if KINDS[kind].measures_accuracy:
             cw = duration(cer_window(config, kind))
             match = f'probe="{kind}"'
             rules.append({
@@ -325,7 +325,7 @@ def alert_groups(config: Config, links: Links) -> list[dict]:
                     (probes_board, "Probe duration p50 / p95 / p99"), probe=kind, about="probe",
                 )
             )
-        if kind in TRANSCRIPT_PROBES:
+        if KINDS[kind].measures_accuracy:
             cer_w = duration(cer_window(config, kind))
             probes.append(
                 Alert(

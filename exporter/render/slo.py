@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from exporter.config import PROBE_KINDS, Config
+from exporter.config import Config
+from exporter.kinds import PROBE_KINDS
 
 from .promql import number_text, ratio_text, selector
 

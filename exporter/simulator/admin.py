@@ -121,12 +121,14 @@ async def get_stats(request: web.Request) -> web.Response:
             k: v for k, v in sim.requests.items() if k not in ENDPOINTS},
         "open_websockets": len(sim.open_websockets),
         "model_requests": {m: s.total_requests for m, s in sim.models.items()},
+        "on_demand_loads": {m: sim.on_demand_loads.get(m, 0) for m in sim.models},
     })
 
 
 async def delete_stats(request: web.Request) -> web.Response:
     sim = sim_of(request)
     sim.requests.clear()
+    sim.on_demand_loads.clear()
     for state in sim.models.values():
         state.total_requests, state.last_used = 0, None
     return await get_stats(request)

@@ -143,11 +143,16 @@ async def model_time(sim: SimState, seconds: float, blocking: bool) -> None:
         await asyncio.sleep(seconds)
 
 
-def load_on_demand(sim: SimState, model_type: str) -> bool:
-    """Loads a model the way whoAsr does on first use: blocking the whole server. False if it fails."""
+def load_on_demand(sim: SimState, model_type: str, requested: bool = False) -> bool:
+    """Loads a model the way whoAsr does on first use: blocking the whole server. False if it fails.
+
+    Unless it was `requested` (POST /model/load), the attempt is counted as an on-demand load: what a
+    monitor must never cause."""
     state = sim.models[model_type]
     if state.loaded:
         return True
+    if not requested:
+        sim.on_demand_loads[model_type] = sim.on_demand_loads.get(model_type, 0) + 1
     time.sleep(sim.load_delay)
     if state.fail_load:
         return False
@@ -266,7 +271,7 @@ async def model_load(request: web.Request, sim: SimState, v1: bool) -> web.Strea
     name = MODEL_SPECS[model_type].display_name
     if sim.models[model_type].loaded:
         return ok({"success": True, "model_type": model_type, "message": f"{name} is already loaded", "loaded": True})
-    if not load_on_demand(sim, model_type):
+    if not load_on_demand(sim, model_type, requested=True):
         return ok({"success": False, "model_type": model_type, "message": f"Failed to load {name}", "loaded": False})
     return ok({"success": True, "model_type": model_type, "message": f"{name} loaded successfully", "loaded": True})
 

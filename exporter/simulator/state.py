@@ -165,6 +165,7 @@ class SimState:
     system: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SYSTEM))
     faults: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests: dict[str, int] = field(default_factory=dict)
+    on_demand_loads: dict[str, int] = field(default_factory=dict)  # model type -> loads a request triggered
     started: float = field(default_factory=time.monotonic)
     open_websockets: set = field(default_factory=set)
     stream_sessions: dict[str, Any] = field(default_factory=dict)

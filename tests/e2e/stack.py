@@ -15,11 +15,12 @@ from pathlib import Path
 import yaml
 
 from exporter.config import Thresholds
+from exporter.kinds import DEFAULT_PROBES
 from tests.e2e.webhook import WebhookReceiver
 from tests.support import LOOPBACK, ManagedProcess, http_get, start_simulator, wait_until
 
 JOB = "whoasr"  # Prometheus job name of the exporter; the dashboards' $job
-PROBE_KINDS = ("batch", "stream", "punctuation", "vad", "timestamp")  # the default probe set
+PROBE_KINDS = DEFAULT_PROBES  # the default probe set
 MODEL_TYPES = ("streaming_asr", "offline_asr", "punctuation", "vad", "timestamp")
 
 # Target name -> (simulator API, extra `simulate` arguments, probes: None for the default set).

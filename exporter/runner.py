@@ -1,0 +1,51 @@
+"""One run of one kind against one target, to a result: what scheduled runs, `/probe` and the probe CLI
+share. It keeps `/health` apart from the probes of the same target (the gate), loads the probe's clip
+off the event loop. No model state is handed down: a probe whose request could load a model reads
+the state afresh itself (probes/model_check.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Callable, Optional
+
+from exporter.client import TargetClient
+from exporter.config import Config
+from exporter.gate import TargetGate
+from exporter.kinds import is_scrape
+from exporter.probes import ProbeContext, failed, run_probe
+from exporter.results import Failure, ProbeResult, Trace
+from exporter.scrape import scrape
+
+class Runner:
+    def __init__(self, config: Config):
+        self.config = config  # replaced on reload
+        self.gates: dict[str, TargetGate] = {}
+
+    def gate(self, target: str) -> TargetGate:
+        return self.gates.setdefault(target, TargetGate())
+
+    def keep_gates(self, targets: set[str]) -> None:
+        self.gates = {name: gate for name, gate in self.gates.items() if name in targets}
+
+    async def run(self, client: TargetClient, kind: str, timeout: float, trace: Optional[Trace] = None,
+                  progress: Optional[Callable[[str], None]] = None) -> ProbeResult:
+        """A scrape or a probe."""
+        if is_scrape(kind):
+            if kind == "health":
+                async with self.gate(client.name).exclusive():
+                    return await scrape(client, kind, timeout, trace)
+            return await scrape(client, kind, timeout, trace)
+        settings = self.config.probes.for_kind(kind)
+        async with self.gate(client.name).shared():
+            ctx = ProbeContext(client=client, settings=settings, timeout=timeout,
+                               trace=trace or Trace(), progress=progress)
+            clip_name = getattr(settings, "clip", None)
+            if clip_name is not None:
+                from exporter.clips import ClipError, load_clip  # numpy and libsndfile: only once needed
+
+                try:
+                    ctx.clip = await asyncio.to_thread(load_clip, self.config, clip_name)
+                except ClipError as exc:
+                    return failed(ctx, kind, Failure("check_failed", str(exc), step="clip"))
+            return await run_probe(kind, ctx)
