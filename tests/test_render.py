@@ -220,8 +220,10 @@ def test_slo_window_table_and_sloth_names():
                  "slo:current_burn_rate:ratio", "slo:period_burn_rate:ratio",
                  "slo:period_error_budget_remaining:ratio", "sloth_slo_info"):
         assert name in records
-    assert records["slo:objective:ratio"]["expr"] == "vector(0.999)"
-    assert records["slo:error_budget:ratio"]["expr"] == "vector(0.001)"
+    # per target the probe runs on (either mode has whoasr_probe_success), so no target is named
+    probed = 'group by (job, target, probe) (whoasr_probe_success{probe="stream"})'
+    assert records["slo:objective:ratio"]["expr"] == f"0.999 * {probed}"
+    assert records["slo:error_budget:ratio"]["expr"] == f"0.001 * {probed}"
     alerts = [r for r in group["rules"] if "alert" in r]
     assert [a["labels"]["severity"] for a in alerts] == ["critical", "warning"]
     assert "(14.4 * 0.001)" in alerts[0]["expr"] and "(1 * 0.001)" in alerts[1]["expr"]

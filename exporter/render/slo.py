@@ -167,11 +167,14 @@ def recording_rules(slo: SLO) -> list[dict]:
         )
     )
     static = {**labels, "probe": slo.probe}
-    on = "on (sloth_id, sloth_slo, sloth_service) group_left ()"
+    # The metadata is per target too (one series per target the probe runs on, in either mode), so a
+    # query for one target's SLOs finds its objective beside its SLI.
+    probed = f"group by ({BY}) (whoasr_probe_success{selector({'probe': slo.probe})})"
+    on = f"on ({BY}, sloth_id, sloth_slo, sloth_service) group_left ()"
     meta_rules = [
-        _record("slo:objective:ratio", f"vector({slo.objective_ratio})", static),
-        _record("slo:error_budget:ratio", f"vector({slo.error_budget})", static),
-        _record("slo:time_period:days", f"vector({PERIOD_DAYS})", static),
+        _record("slo:objective:ratio", f"{slo.objective_ratio} * {probed}", static),
+        _record("slo:error_budget:ratio", f"{slo.error_budget} * {probed}", static),
+        _record("slo:time_period:days", f"{PERIOD_DAYS} * {probed}", static),
         _record(
             "slo:current_burn_rate:ratio",
             f"slo:sli_error:ratio_rate{SLI_WINDOWS[0]}{sel}\n/ {on}\nslo:error_budget:ratio{sel}",
@@ -189,7 +192,7 @@ def recording_rules(slo: SLO) -> list[dict]:
         ),
         _record(
             "sloth_slo_info",
-            "vector(1)",
+            probed,
             {
                 **static,
                 "sloth_mode": "whoasr-exporter-render",

@@ -275,13 +275,12 @@ def test_json_scheduled_mode_numbers_match_what_was_injected(report_stack):
 
     # SLOs as the rendered rules define them: punctuation's budget is spent, batch's untouched.
     slos = {s["slo"]: s for s in sched["slos"]}
-    assert set(slos) == {f"asr-sched-{p}-{k}" for p in SCHEDULED["asr-sched"]
-                         for k in ("availability", "latency")}
-    spent = slos["asr-sched-punctuation-availability"]
+    assert set(slos) == {f"{p}-{k}" for p in SCHEDULED["asr-sched"] for k in ("availability", "latency")}
+    spent = slos["punctuation-availability"]
     assert spent["objective"] == 0.99 and spent["kind"] == "availability" and spent["probe"] == "punctuation"
     assert spent["error_ratio"] > 0.5 and spent["budget_remaining"] < 0
     assert spent["budget_consumed"] == pytest.approx(spent["error_ratio"] / 0.01)
-    fine = slos["asr-sched-batch-availability"]
+    fine = slos["batch-availability"]
     if not batch["failures"]:
         assert (fine["error_ratio"], fine["budget_consumed"], fine["budget_remaining"]) == (0.0, 0.0, 1.0), fine
 
