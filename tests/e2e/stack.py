@@ -159,6 +159,22 @@ class Stack:
 
 
 
+SHORT_CLIP_SECONDS = 0.8  # one 600 ms stride and a final rest: one partial and one final result
+
+
+def write_short_clip(directory: Path) -> Path:
+    """The first SHORT_CLIP_SECONDS of the built-in clip, for the report's stack (the alerting stack streams
+    the built-in clip in real time). The simulator's model says the rest of the transcript in its final
+    result, so the built-in transcript still applies."""
+    import soundfile
+
+    from exporter.clips import SAMPLE_RATE, builtin_clip
+
+    path = directory / "short.wav"
+    soundfile.write(path, builtin_clip().samples[:int(SHORT_CLIP_SECONDS * SAMPLE_RATE)], SAMPLE_RATE)
+    return path
+
+
 def exporter_config(simulators: dict[str, Simulator], port: int) -> dict:
     """The exporter config the stack runs, and the one the rules and dashboards are rendered from."""
 
