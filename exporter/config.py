@@ -189,6 +189,10 @@ class TargetConfig(_Strict):
             raise ValueError(f"not a URL: expected http(s)://HOST[:PORT][/PREFIX], got {value!r}")
         if parts.query or parts.fragment:
             raise ValueError("expected a base URL without query string or fragment")
+        if parts.username is not None or parts.password is not None:
+            # a URL is shown and logged in many places; a password belongs where it is never shown
+            raise ValueError("credentials in the URL are refused: put them under basic_auth "
+                             "({username: ..., password: ...}) and give the URL without user:password@")
         return value.rstrip("/")
 
     @field_validator("proxy_url")
