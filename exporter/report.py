@@ -424,13 +424,15 @@ async def collect(api: PrometheusAPI, queries: Queries, end: float) -> Report:
 
 
 def _attach_slos(targets, errors: list[Sample], objectives: list[Sample], target) -> None:
-    error_by_id = {s.labels.get("sloth_id"): finite(s.value) for s in errors}
+    # One SLO per probe kind (sloth_id), its series per target: match the error ratio by both.
+    error_by_id = {(s.labels.get("sloth_id"), s.labels.get("target")): finite(s.value) for s in errors}
     for s in sorted(objectives, key=lambda s: s.labels.get("sloth_slo", "")):
         name = s.labels.get("sloth_slo", "")
         kind = name.rsplit("-", 1)[-1]
         target(s.labels).slos.append(SLOReport(slo=name, probe=s.labels.get("probe", ""), kind=kind,
                                                objective=finite(s.value),
-                                               error_ratio=error_by_id.get(s.labels.get("sloth_id"))))
+                                               error_ratio=error_by_id.get((s.labels.get("sloth_id"),
+                                                                            s.labels.get("target")))))
 
 
 def _attach_over_time(series: list[Series], attr: str, start: float, step: float, probe) -> None:
