@@ -21,6 +21,7 @@ from exporter import __version__
 from exporter.config import TargetConfig
 from exporter.credentials import Credentials
 from exporter.kinds import KINDS
+from exporter.labels import version_label
 from exporter.results import Failure, Trace, redact
 from exporter.tls import client_context, tls_problem
 
@@ -119,6 +120,8 @@ class TargetClient:
         self.name = target.name
         self.base_url = target.url
         self._api: Optional[str] = None if target.api == "auto" else target.api
+        # the server's version: /health's api_info.version, else /openapi.json's info.version (bounded)
+        self.version: Optional[str] = None
         self._detect_lock = asyncio.Lock()
         self._credentials = Credentials(target)
         # Per-request transport options: TLS context and name, proxy. True: aiohttp's default verification.
@@ -164,6 +167,9 @@ class TargetClient:
             paths = document.get("paths") if isinstance(document, dict) else None
             if not isinstance(paths, dict):
                 raise Failure("bad_response", "/openapi.json has no paths", http_status=reply.status)
+            info = document.get("info")
+            if self.version is None and isinstance(info, dict):
+                self.version = version_label(info.get("version"))
             if "/offline/recognize" in paths:
                 self._api = "v2"
             elif "/recognize" in paths:

@@ -69,6 +69,7 @@ class Credentials:
         if self._token_file:
             token = await asyncio.to_thread(read_secret, "bearer_token_file", self._token_file)
             return f"Bearer {token}"
-        assert self._basic is not None and self._basic.password_file is not None
+        if self._basic is None or self._basic.password_file is None:
+            raise RuntimeError("no credential source: neither a token nor a password file")
         password = await asyncio.to_thread(read_secret, "basic_auth.password_file", self._basic.password_file)
         return _basic(self._basic.username, password)

@@ -12,12 +12,13 @@ import gc
 import signal
 import ssl
 import sys
+import time
 from typing import Optional
 
 import aiohttp
 import structlog
 
-from exporter import logs, tls, websecurity
+from exporter import eventloop, logs, tls, websecurity
 from exporter.client import TargetClient, new_session
 from exporter.config import Config, ConfigError, TargetConfig, TLSConfig, load_config, load_config_or_report
 from exporter.discovery import POLL_SECONDS, TargetsFiles, merge_targets
@@ -25,6 +26,7 @@ from exporter.history import History
 from exporter.kinds import SCRAPE_KINDS
 from exporter.metrics import Exposition, process_registry
 from exporter.probes import probe_function
+from exporter.results import ProbeResult
 from exporter.runner import Runner
 from exporter.scheduler import Plan, Scheduler
 from exporter.server import start_server
@@ -51,9 +53,10 @@ class Daemon:
         self.session: Optional[aiohttp.ClientSession] = None
         self.clients: dict[str, TargetClient] = {}
         self.tls_contexts: dict[TLSConfig, ssl.SSLContext] = {}  # one per distinct targets[].tls_config
-        self.runner = Runner(config)
+        self.runner = Runner(config, self.state.internal_errors)
         self.sinks: list[Sink] = [self.state, self.history, LogSink()]  # where every scheduled result goes
-        self.scheduler = Scheduler(self.run_job, self.state.record_skip, self.state.scheduler_lag.observe)
+        self.scheduler = Scheduler(self.run_job, self.state.record_skip, self.state.scheduler_lag.observe,
+                                   self.run_crashed)
         self.ready = False
         self._reload_lock = asyncio.Lock()
 
@@ -78,6 +81,8 @@ class Daemon:
         while True:
             await asyncio.sleep(POLL_SECONDS)
             discovery = self.discovery
+            if not discovery.patterns:
+                continue
             try:
                 changed = await asyncio.to_thread(discovery.refresh)
             except Exception as exc:  # noqa: BLE001 - the watcher must outlive any one bad read
@@ -150,7 +155,8 @@ class Daemon:
                                         discovery.last_read_ok if discovery.patterns else None)
 
     def _client(self, target: TargetConfig) -> TargetClient:
-        assert self.session is not None
+        if self.session is None:
+            raise RuntimeError("the daemon's HTTP session is made in start(); no client before that")
         return TargetClient(self.session, target, self.tls_contexts.get(target.tls_config))
 
     async def reload(self) -> tuple[bool, str]:
@@ -189,7 +195,15 @@ class Daemon:
         client = self.clients.get(target)
         if client is None:
             return
-        deliver(await self.runner.run(client, kind, timeout), self.sinks)
+        deliver(await self.runner.run(client, kind, timeout), self.sinks, self.state.internal_errors)
+
+    def run_crashed(self, target: str, kind: str, exc: BaseException) -> None:
+        """The scheduler's last resort (run_job itself failed): counted, logged, and a failed result
+        recorded so that the run's signals do not freeze."""
+        detail = self.state.internal_errors.report("scheduler", exc, target, kind)
+        result = ProbeResult(target=target, probe=kind, success=False, started_at=time.time(), duration_seconds=0.0,
+                             reason="bad_response", detail=detail, step="internal")
+        deliver(result, self.sinks, self.state.internal_errors)
 
 
 
@@ -211,7 +225,8 @@ async def serve(config: Config, config_path: Optional[str], host: str, port: int
     daemon = Daemon(config, config_path, shard)
     await daemon.start()
     runner = await start_server(daemon, host, port)
-    log.info("exporter listening", address=f"{host}:{port}", targets=len(daemon.targets), shard=str(daemon.shard))
+    log.info("exporter listening", address=f"{host}:{port}", targets=len(daemon.targets), shard=str(daemon.shard),
+             event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -257,4 +272,4 @@ def main(config_path: str, listen: Optional[str] = None, log_format: Optional[st
     except websecurity.WebConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    return asyncio.run(serve(config, config_path, host.strip("[]") or "0.0.0.0", int(port), shard))
+    return eventloop.run(serve(config, config_path, host.strip("[]") or "0.0.0.0", int(port), shard))

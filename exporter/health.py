@@ -12,6 +12,7 @@ import math
 import re
 from typing import Any, Optional
 
+from exporter.labels import model_name, version_label
 from exporter.results import Failure, HealthState, ModelInfoState
 
 GIB = 1024.0**3
@@ -24,7 +25,10 @@ def number(value: Any) -> Optional[float]:
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
-        result = float(value)
+        try:
+            result = float(value)
+        except OverflowError:  # an integer beyond float range: JSON allows thousands of digits
+            return None
     elif isinstance(value, str):
         try:
             result = float(value.strip())
@@ -62,7 +66,7 @@ def _loaded_flags(section: Any) -> dict[str, bool]:
     if not isinstance(section, dict):
         return {}
     return {
-        str(model): entry["loaded"]
+        model_name(model): entry["loaded"]
         for model, entry in section.items()
         if isinstance(entry, dict) and isinstance(entry.get("loaded"), bool)
     }
@@ -78,8 +82,8 @@ def parse_health(document: Any) -> HealthState:
         raise Failure("bad_response", "/health answer is not an object with a status")
     state = HealthState(status=document["status"])
     api_info = document.get("api_info")
-    if isinstance(api_info, dict) and isinstance(api_info.get("version"), str):
-        state.version = api_info["version"]
+    if isinstance(api_info, dict):
+        state.version = version_label(api_info.get("version"))
     state.uptime_seconds = number(document.get("uptime"))
 
     # Current schema: services; documented schema: models (with memory and request counts).
@@ -93,10 +97,10 @@ def parse_health(document: Any) -> HealthState:
             mb = number(entry.get("memory_usage_mb"))
             size = mb * 1024.0**2 if mb is not None else memory_bytes(entry.get("memory_usage"))
             if size is not None:
-                state.model_memory_bytes[str(model)] = size
+                state.model_memory_bytes[model_name(model)] = size
             requests = number(entry.get("total_requests"))
             if requests is not None:
-                state.model_requests[str(model)] = requests
+                state.model_requests[model_name(model)] = requests
 
     system = document.get("system")
     if isinstance(system, dict):

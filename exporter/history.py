@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from typing import Optional
 
@@ -47,9 +48,34 @@ class History:
         out.sort(key=lambda r: r.started_at, reverse=True)
         return out
 
+    def recent(self, target: str, probe: str) -> list[ProbeResult]:
+        """The last `size` results of one (target, probe), oldest first: a sparkline's points."""
+        return list(self._recent.get((target, probe), ()))
+
+    def last_failure(self, target: str, probe: str) -> Optional[ProbeResult]:
+        """The newest kept failure of one (target, probe), also after later runs passed."""
+        failures = self._failures.get((target, probe))
+        return failures[-1] if failures else None
+
+    def newest_failures(self, limit: int) -> list[ProbeResult]:
+        """The newest `limit` kept failures of every target and probe, newest first."""
+        return heapq.nlargest(limit, (result for failures in self._failures.values() for result in failures),
+                              key=lambda result: result.started_at)
+
     def latest(self, target: str, probe: str) -> Optional[ProbeResult]:
         results = self._recent.get((target, probe))
         return results[-1] if results else None
 
-    def to_json(self, target: Optional[str] = None, probe: Optional[str] = None, limit: Optional[int] = None) -> list[dict]:
-        return [result.to_dict() for result in self.results(target, probe)[:limit]]
+    def to_json(self, target: Optional[str] = None, probe: Optional[str] = None, limit: Optional[int] = None,
+                failed_only: bool = False, with_trace: bool = False) -> list[dict]:
+        """Results newest first; `failed_only`: failed runs only; `with_trace`: each run's trace lines too."""
+        results = self.results(target, probe)
+        if failed_only:
+            results = [result for result in results if not result.success and result.applicable]
+        out = []
+        for result in results[:limit]:
+            data = result.to_dict()
+            if with_trace:
+                data["trace"] = list(result.trace)
+            out.append(data)
+        return out

@@ -43,6 +43,8 @@ FAMILIES = [Family(*spec) for spec in (
     ("whoasr_scrape_duration_seconds", "gauge", "How long the last scrape of the endpoint took."),
     ("whoasr_scrape_errors", "counter", "Failed scrapes by reason."),
     ("whoasr_scrape_skipped", "counter", "Scrapes not started because the previous one was still running."),
+    ("whoasr_scrape_dropped_models", "counter",
+     "Model names in answers not made label values: beyond whoAsr's model types and 16 other names per target."),
     ("whoasr_last_scrape_timestamp_seconds", "gauge", "When the last scrape of the endpoint finished."),
     ("whoasr_info", "gauge", "1; the detected API generation and the server's version."),
     ("whoasr_model_loaded", "gauge", "1 if the model type is loaded, 0 if not."),
@@ -129,11 +131,12 @@ def target_state_lines(target: TargetState, target_labels: Optional[dict[str, st
         for reason, count in sorted(state.errors.items()):
             out.counter("whoasr_scrape_errors", f"{el},{labels(reason=reason)}", count)
         out.counter("whoasr_scrape_skipped", el, state.skipped_total)  # from 0: its label set is known
+        if state.dropped_models_total:
+            out.counter("whoasr_scrape_dropped_models", el, state.dropped_models_total)
     if target.up is not None:
         out.add("whoasr_up", tl, 1.0 if target.up else 0.0)
     if target.api:
-        version = target.health.version if target.health and target.health.version else ""
-        out.add("whoasr_info", f"{tl}{sep}{labels(api=target.api, version=version)}", 1.0)
+        out.add("whoasr_info", f"{tl}{sep}{labels(api=target.api, version=target.version or '')}", 1.0)
     for model, is_loaded in sorted((target.models_loaded() or {}).items()):
         out.add("whoasr_model_loaded", f"{tl}{sep}{labels(model=model)}", 1.0 if is_loaded else 0.0)
     if (count := target.total_loaded()) is not None:
@@ -270,6 +273,8 @@ class Exposition:
             out.add("whoasr_exporter_config_last_reload_success_timestamp_seconds", "",
                     state.config_reload_success_timestamp)
         out.histogram("whoasr_exporter_scheduler_lag_seconds", "", state.scheduler_lag)
+        for stage, count in sorted(state.internal_errors.counts.items()):  # from 0: the stages are a closed set
+            out.counter("whoasr_exporter_internal_errors", labels(stage=stage), count)
         for source, count in sorted(state.targets_by_source.items()):
             out.add("whoasr_exporter_targets", labels(source=source), count)
         index, count = state.shard
@@ -287,6 +292,8 @@ EXPORTER_FAMILIES = [Family(*spec) for spec in (
     ("whoasr_exporter_config_last_reload_success_timestamp_seconds", "gauge",
      "When the config was last loaded successfully."),
     ("whoasr_exporter_scheduler_lag_seconds", "histogram", "How late scheduled runs started compared to their due time."),
+    ("whoasr_exporter_internal_errors", "counter",
+     "Bugs of the exporter by stage (scrape, probe, record, scheduler); each such run ended as a failure."),
     ("whoasr_exporter_targets", "gauge", "Targets this exporter probes (after sharding), by source: config or files."),
     ("whoasr_exporter_shard_info", "gauge", "1; this exporter's shard and the number of shards (0/1: not sharded)."),
     ("whoasr_exporter_targets_files_last_read_successful", "gauge",
@@ -311,32 +318,38 @@ def process_registry() -> CollectorRegistry:
 # --- one on-demand run (/probe) -------------------------------------------------------------------
 # Gauges only (a single run has no history to count) and no target label: Prometheus adds it by
 # relabelling, as for blackbox_exporter. A scrape module answers with the scheduled target-state names.
+# One name has one type everywhere: where /metrics has a counter or histogram of a measure (duration,
+# audio, stream timings), the gauge of one run is `*_run_*`, so both can live in one Prometheus.
 RESULT_FAMILIES = [Family(*spec) for spec in (
     ("whoasr_probe_success", "gauge", "1 if the run passed every check."),
-    ("whoasr_probe_duration_seconds", "gauge", "Wall time of the run, end to end."),
+    ("whoasr_probe_run_duration_seconds", "gauge", "Wall time of the run, end to end."),
     ("whoasr_probe_failure_info", "gauge", "1, with the reason the run failed."),
     ("whoasr_probe_applicable", "gauge", "0: this probe does not apply to the target (no success series then)."),
     ("whoasr_probe_http_status_code", "gauge", "HTTP status of the answer."),
-    ("whoasr_probe_audio_seconds", "gauge", "Audio sent in the run."),
-    ("whoasr_probe_processing_seconds", "gauge", "Server-side time spent on that audio."),
+    ("whoasr_probe_run_audio_seconds", "gauge", "Audio sent in the run."),
+    ("whoasr_probe_run_processing_seconds", "gauge", "Server-side time spent on that audio."),
     ("whoasr_probe_real_time_factor", "gauge", "Processing time / audio duration."),
     ("whoasr_probe_character_error_rate", "gauge", "Character error rate of the transcript."),
-    ("whoasr_stream_connect_seconds", "gauge", "TCP + WebSocket handshake."),
-    ("whoasr_stream_first_result_seconds", "gauge", "Start of speech -> first recognition_result."),
-    ("whoasr_stream_result_lag_seconds", "gauge", "The largest result lag of the run (see the histogram's help)."),
-    ("whoasr_stream_final_result_seconds", "gauge", "stop_recording sent -> end of session."),
-    ("whoasr_stream_partial_results", "gauge", "Partial results received."),
+    ("whoasr_stream_run_connect_seconds", "gauge", "TCP + WebSocket handshake."),
+    ("whoasr_stream_run_first_result_seconds", "gauge", "Start of speech -> first recognition_result."),
+    ("whoasr_stream_run_result_lag_seconds", "gauge",
+     "The largest result lag of the run (see whoasr_stream_result_lag_seconds' help)."),
+    ("whoasr_stream_run_final_result_seconds", "gauge", "stop_recording sent -> end of session."),
+    ("whoasr_stream_run_partial_results", "gauge", "Partial results received."),
 )]
+
+
+# A scrape module answers with the run's gauges and the target-state families (built once, not per request).
+SCRAPE_RESULT_FAMILIES = RESULT_FAMILIES + [f for f in FAMILIES if f.name not in {r.name for r in RESULT_FAMILIES}]
 
 
 def render_result(result: ProbeResult, openmetrics: bool = False) -> bytes:
     out = Lines()
-    applicable = getattr(result, "applicable", True)
-    if applicable:
+    if result.applicable:
         out.add("whoasr_probe_success", "", 1.0 if result.success else 0.0)
     else:
         out.add("whoasr_probe_applicable", "", 0.0)
-    out.add("whoasr_probe_duration_seconds", "", result.duration_seconds)
+    out.add("whoasr_probe_run_duration_seconds", "", result.duration_seconds)
     if result.reason:
         out.add("whoasr_probe_failure_info", labels(reason=result.reason), 1.0)
     if result.http_status is not None:
@@ -348,11 +361,11 @@ def render_result(result: ProbeResult, openmetrics: bool = False) -> bytes:
         state.set_targets({result.target: ()})
         state.record_scrape(result)
         sections.append(target_state_lines(state.targets[result.target], target_labels={}).joined())
-        families += [f for f in FAMILIES if f.name not in {r.name for r in RESULT_FAMILIES}]
+        families = SCRAPE_RESULT_FAMILIES
     else:
         for family, value in (
-            ("whoasr_probe_audio_seconds", result.audio_seconds),
-            ("whoasr_probe_processing_seconds", result.processing_seconds),
+            ("whoasr_probe_run_audio_seconds", result.audio_seconds),
+            ("whoasr_probe_run_processing_seconds", result.processing_seconds),
             ("whoasr_probe_real_time_factor", result.real_time_factor),
             ("whoasr_probe_character_error_rate", result.cer),
         ):
@@ -360,11 +373,11 @@ def render_result(result: ProbeResult, openmetrics: bool = False) -> bytes:
                 out.add(family, "", value)
         if result.stream is not None:
             for family, value in (
-                ("whoasr_stream_connect_seconds", result.stream.connect_seconds),
-                ("whoasr_stream_first_result_seconds", result.stream.first_result_seconds),
-                ("whoasr_stream_result_lag_seconds", max(result.stream.result_lags, default=None)),
-                ("whoasr_stream_final_result_seconds", result.stream.final_result_seconds),
-                ("whoasr_stream_partial_results", float(result.stream.partial_results)),
+                ("whoasr_stream_run_connect_seconds", result.stream.connect_seconds),
+                ("whoasr_stream_run_first_result_seconds", result.stream.first_result_seconds),
+                ("whoasr_stream_run_result_lag_seconds", max(result.stream.result_lags, default=None)),
+                ("whoasr_stream_run_final_result_seconds", result.stream.final_result_seconds),
+                ("whoasr_stream_run_partial_results", float(result.stream.partial_results)),
             ):
                 if value is not None:
                     out.add(family, "", value)

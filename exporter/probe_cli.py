@@ -203,7 +203,7 @@ async def run_modules(config: Config, target: TargetConfig, modules: list[str], 
             budget = timeout or config.schedules.for_kind(kind).timeout
             trace = reporter.start(kind)
             result = await runner.run(client, kind, budget, trace, progress=reporter.progress)
-            deliver(result, sinks)
+            deliver(result, sinks, runner.errors)
     finally:
         await session.close()
     return reporter.rows

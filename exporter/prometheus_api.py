@@ -87,7 +87,8 @@ class PrometheusAPI:
                 for item in data["result"]]
 
     async def _call(self, endpoint: str, form: dict[str, str]) -> dict:
-        assert self._session is not None, "use PrometheusAPI in `async with`"
+        if self._session is None:
+            raise RuntimeError("use PrometheusAPI in `async with`")
         url = f"{self.url}/api/v1/{endpoint}"
         # The query's own limit, a little inside ours, so a slow query ends as Prometheus' clear error.
         form = {**form, "timeout": f"{max(1.0, self.timeout - 1.0):g}s"}

@@ -38,7 +38,7 @@ DURATION_BUCKETS = "whoasr_probe_duration_seconds_bucket"
 # /probe's own (gauge) series: one sample per scrape, i.e. per run.
 ON_DEMAND_SUCCESS = "whoasr_probe_success"
 ON_DEMAND_FAILURE = "whoasr_probe_failure_info"
-ON_DEMAND_DURATION = "whoasr_probe_duration_seconds"
+ON_DEMAND_DURATION = "whoasr_probe_run_duration_seconds"
 
 
 # --- PromQL ---------------------------------------------------------------------------------------
@@ -133,11 +133,12 @@ class Queries:
         return self.counter_ratio("whoasr_probe_processing_seconds_total", "whoasr_probe_audio_seconds_total",
                                   "whoasr_probe_real_time_factor")
 
-    def stream_p95(self, family: str) -> str:
-        """Voice-path histograms carry no `probe` label (they are the stream probe's by definition)."""
+    def stream_p95(self, family: str, on_demand: str) -> str:
+        """Voice-path histograms carry no `probe` label (they are the stream probe's by definition);
+        `on_demand` is /probe's gauge of one run."""
         w = self.window
         return (f"histogram_quantile(0.95, sum by (target, le) (rate({family}_bucket{self.sel()}[{w}])))\n"
-                f"or max by (target) (quantile_over_time(0.95, {family}{self.sel(probe='stream')}[{w}]))")
+                f"or max by (target) (quantile_over_time(0.95, {on_demand}{self.sel(probe='stream')}[{w}]))")
 
     # SLOs: the rendered rules' series (Sloth names), averaged over the range as the rules average
     # their shortest-window SLI over the SLO period; but a NaN point (a window without runs) is skipped
@@ -338,8 +339,9 @@ async def collect(api: PrometheusAPI, queries: Queries, end: float) -> Report:
         "failures": queries.failures(),
         "cer": queries.cer(),
         "rtf": queries.rtf(),
-        "first_result": queries.stream_p95("whoasr_stream_first_result_seconds"),
-        "result_lag": queries.stream_p95("whoasr_stream_result_lag_seconds"),
+        "first_result": queries.stream_p95("whoasr_stream_first_result_seconds",
+                                           "whoasr_stream_run_first_result_seconds"),
+        "result_lag": queries.stream_p95("whoasr_stream_result_lag_seconds", "whoasr_stream_run_result_lag_seconds"),
         "slo_error": queries.slo_error_ratio(),
         "slo_objective": queries.slo_objective(),
     }

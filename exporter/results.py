@@ -69,7 +69,8 @@ class Failure(Exception):
     step: Optional[str] = None
 
     def __post_init__(self) -> None:
-        assert self.reason in REASONS, self.reason
+        if self.reason not in REASONS:  # a bug of the exporter: raised, never `assert`ed (python -O drops those)
+            raise ValueError(f"failure reason {self.reason!r} is not one of the closed set")
         super().__init__(f"{self.reason}: {self.detail}")
 
 
@@ -144,6 +145,7 @@ class ProbeResult:
     trace: list[str] = field(default_factory=list)
     # scrapes (health, model_info): the detected API generation and what the server said
     api: Optional[str] = None
+    version: Optional[str] = None
     health: Optional[HealthState] = None
     model_info: Optional[ModelInfoState] = None
 

@@ -7,19 +7,22 @@ the state afresh itself (probes/model_check.py).
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Callable, Optional
 
 from exporter.client import TargetClient
 from exporter.config import Config
 from exporter.gate import TargetGate
+from exporter.internal_errors import InternalErrors
 from exporter.kinds import is_scrape
 from exporter.probes import ProbeContext, failed, run_probe
 from exporter.results import Failure, ProbeResult, Trace
 from exporter.scrape import scrape
 
 class Runner:
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, errors: Optional[InternalErrors] = None):
         self.config = config  # replaced on reload
+        self.errors = errors or InternalErrors()
         self.gates: dict[str, TargetGate] = {}
 
     def gate(self, target: str) -> TargetGate:
@@ -30,7 +33,20 @@ class Runner:
 
     async def run(self, client: TargetClient, kind: str, timeout: float, trace: Optional[Trace] = None,
                   progress: Optional[Callable[[str], None]] = None) -> ProbeResult:
-        """A scrape or a probe."""
+        """A scrape or a probe, always ending in a result: a bug on the way becomes a failed run (counted
+        and logged by `errors`)."""
+        started, started_at = time.monotonic(), time.time()
+        try:
+            return await self._run(client, kind, timeout, trace, progress)
+        except Exception as exc:  # noqa: BLE001 - a bug must not leave the run without a result
+            stage = "scrape" if is_scrape(kind) else "probe"
+            detail = self.errors.report(stage, exc, client.name, kind)
+            return ProbeResult(target=client.name, probe=kind, success=False, started_at=started_at,
+                               duration_seconds=time.monotonic() - started, reason="bad_response",
+                               detail=detail, step="internal", trace=trace.lines if trace is not None else [])
+
+    async def _run(self, client: TargetClient, kind: str, timeout: float, trace: Optional[Trace],
+                   progress: Optional[Callable[[str], None]]) -> ProbeResult:
         if is_scrape(kind):
             if kind == "health":
                 async with self.gate(client.name).exclusive():
@@ -39,7 +55,7 @@ class Runner:
         settings = self.config.probes.for_kind(kind)
         async with self.gate(client.name).shared():
             ctx = ProbeContext(client=client, settings=settings, timeout=timeout,
-                               trace=trace or Trace(), progress=progress)
+                               trace=trace or Trace(), progress=progress, errors=self.errors)
             clip_name = getattr(settings, "clip", None)
             if clip_name is not None:
                 from exporter.clips import ClipError, load_clip  # numpy and libsndfile: only once needed

@@ -39,10 +39,12 @@ class Scheduler:
         run: Callable[[str, str, float], Awaitable[None]],
         on_skip: Callable[[str, str], None],
         on_lag: Optional[Callable[[float], None]] = None,
+        on_error: Optional[Callable[[str, str, BaseException], None]] = None,
     ):
         self._run = run
         self._on_skip = on_skip
         self._on_lag = on_lag
+        self._on_error = on_error
         self._plans: dict[Key, Plan] = {}
         self.running: dict[Key, asyncio.Task] = {}
         self._scheduler = AsyncIOScheduler(timezone=timezone.utc)
@@ -95,7 +97,17 @@ class Scheduler:
             return
         task = asyncio.create_task(self._run(target, kind, plan.timeout), name=f"{target}/{kind}")
         self.running[key] = task
-        task.add_done_callback(lambda _: self.running.pop(key, None))
+        task.add_done_callback(lambda done: self._finished(key, done))
+
+    def _finished(self, key: Key, task: asyncio.Task) -> None:
+        """Runs end in a result of their own; an exception that still escapes one is reported, not dropped."""
+        self.running.pop(key, None)
+        if task.cancelled() or task.exception() is None:
+            return
+        if self._on_error is not None:
+            self._on_error(key[0], key[1], task.exception())
+        else:
+            log.error("run crashed", target=key[0], probe=key[1], reason="internal_error", exc_info=task.exception())
 
     def _submitted(self, event: JobSubmissionEvent) -> None:
         if self._on_lag is None or not event.scheduled_run_times:

@@ -20,6 +20,7 @@ async def scrape(client: TargetClient, kind: str, timeout: float, trace: Optiona
         result.http_status = reply.status
         if kind == "health":
             result.health = parse_health(document)
+            client.version = result.health.version or client.version
         else:
             result.model_info = parse_model_info(document)
         result.success = True
@@ -35,6 +36,7 @@ async def scrape(client: TargetClient, kind: str, timeout: float, trace: Optiona
             if trace:
                 trace(f"API generation not detected: {failure.reason}: {failure.detail}")
     result.api = client.api
+    result.version = client.version  # the same whoasr_info from either scrape
     if trace is not None:
         result.trace = trace.lines
     return result

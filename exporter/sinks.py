@@ -7,10 +7,11 @@ A sink is anything with `record(result)`; it never waits on a target.
 
 from __future__ import annotations
 
-from typing import Iterable, Protocol
+from typing import Iterable, Optional, Protocol
 
 import structlog
 
+from exporter.internal_errors import InternalErrors
 from exporter.kinds import is_scrape
 from exporter.results import ProbeResult
 
@@ -19,9 +20,25 @@ class Sink(Protocol):
     def record(self, result: ProbeResult) -> None: ...
 
 
-def deliver(result: ProbeResult, sinks: Iterable[Sink]) -> None:
+def deliver(result: ProbeResult, sinks: Iterable[Sink], errors: Optional[InternalErrors] = None) -> None:
+    """Hands the result to every sink. A sink that fails on it (a bug) is counted and logged, then given
+    a bare failed result instead, so its signals (up, last run, timestamps) still move."""
     for sink in sinks:
-        sink.record(result)
+        try:
+            sink.record(result)
+        except Exception as exc:  # noqa: BLE001 - one sink's bug must not stop the others or freeze its own
+            detail = (errors or InternalErrors()).report("record", exc, result.target, result.probe)
+            try:
+                sink.record(bare_failure(result, detail))
+            except Exception:  # noqa: BLE001 - counted and logged above; nothing more to do
+                pass
+
+
+def bare_failure(result: ProbeResult, detail: str) -> ProbeResult:
+    """The run as a failure with nothing the server said: what a sink that choked on it can still record."""
+    return ProbeResult(target=result.target, probe=result.probe, success=False, started_at=result.started_at,
+                       duration_seconds=result.duration_seconds, reason="bad_response", detail=detail,
+                       step="internal", trace=result.trace)
 
 
 class LogSink:

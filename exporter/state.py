@@ -8,13 +8,20 @@ removing a target removes all of its series at once.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
+import structlog
+
+from exporter.internal_errors import InternalErrors
 from exporter.kinds import KINDS, is_scrape
+from exporter.labels import MAX_EXTRA_MODELS, ModelNames
 from exporter.results import HealthState, ModelInfoState, ProbeResult
+
+log = structlog.get_logger("exporter.state")
 
 INF = float("inf")
 PROBE_DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
@@ -63,6 +70,7 @@ class EndpointState:
     last_detail: str = ""
     errors: Counter = field(default_factory=Counter)
     skipped_total: int = 0
+    dropped_models_total: int = 0  # model names beyond the target's allowance (labels.py)
 
 
 @dataclass
@@ -103,6 +111,9 @@ class ProbeStats:
 class TargetState:
     name: str
     api: Optional[str] = None
+    version: Optional[str] = None  # bounded (labels.version_label)
+    model_names: ModelNames = field(default_factory=ModelNames)  # which model label values it may use
+    dropped_models_logged: bool = False
     health: Optional[HealthState] = None  # None until a scrape succeeded, and again after one failed
     model_info: Optional[ModelInfoState] = None
     up: Optional[bool] = None
@@ -134,6 +145,7 @@ class ExporterState:
         self.config_reload_successful: Optional[bool] = None
         self.config_reload_success_timestamp: Optional[float] = None
         self.scheduler_lag = Histogram(SCHEDULER_LAG_BUCKETS)
+        self.internal_errors = InternalErrors()  # the exporter's own bugs, by stage
         self.targets_by_source: dict[str, int] = {}  # targets probed here, by where they came from
         self.shard: tuple[int, int] = (0, 1)
         self.targets_file_errors_total = 0
@@ -208,14 +220,42 @@ class ExporterState:
         endpoint.last_detail = result.detail
         if result.api:
             target.api = result.api
+        if result.version:
+            target.version = result.version
         if not result.success:
             endpoint.errors[result.reason] += 1
         if result.probe == "health":
             target.up = result.success
-            target.health = result.health if result.success else None
+            target.health = self._bounded_health(target, endpoint, result.health) if result.success else None
         else:
-            target.model_info = result.model_info if result.success else None
+            model_info = result.model_info if result.success else None
+            if model_info is not None:
+                loaded = self._bounded(target, endpoint, model_info.models_loaded)
+                model_info = dataclasses.replace(model_info, models_loaded=loaded)
+            target.model_info = model_info
         self._changed(result.target, "state")
+
+    def _bounded_health(self, target: TargetState, endpoint: EndpointState,
+                        health: Optional[HealthState]) -> Optional[HealthState]:
+        if health is None:
+            return None
+        return dataclasses.replace(
+            health,
+            models_loaded=self._bounded(target, endpoint, health.models_loaded),
+            model_memory_bytes=self._bounded(target, endpoint, health.model_memory_bytes),
+            model_requests=self._bounded(target, endpoint, health.model_requests),
+        )
+
+    def _bounded(self, target: TargetState, endpoint: EndpointState, values: dict) -> dict:
+        """Only the model names the target may use as label values; the rest counted, and logged once."""
+        kept, dropped = target.model_names.bound(values)
+        if dropped:
+            endpoint.dropped_models_total += dropped
+            if not target.dropped_models_logged:
+                target.dropped_models_logged = True
+                log.warning("model names dropped", target=target.name, reason="too_many_model_names",
+                            dropped=dropped, allowed_extra=MAX_EXTRA_MODELS)
+        return kept
 
     def record_probe(self, result: ProbeResult) -> None:
         if result.target not in self.targets:

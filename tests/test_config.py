@@ -19,6 +19,8 @@ BAD_CONFIGS = [
     ("targets:\n  - {name: 'has space', url: 'http://x'}\n", "targets[0].name: expected a short name"),
     ("targets:\n  - {name: a, url: 'http://x', probes: [batch, dance]}\n", "targets[0].probes: unknown probe 'dance'"),
     ("targets:\n  - {name: a, url: 'http://x/?key=1'}\n", "targets[0].url: expected a base URL without query string"),
+    ("targets:\n  - {name: a, url: 'http://user:s3cret@x:8000'}\n", "targets[0].url: credentials in the URL are refused: put them under basic_auth"),
+    ("targets:\n  - {name: a, url: 'https://user@x'}\n", "targets[0].url: credentials in the URL are refused"),
     ("schedules:\n  health: {interval: 10 parsecs, timeout: 5s}\n", "schedules.health.interval: expected a duration like 30s"),
     ("schedules:\n  health: {interval: 5s, timeout: 10s}\n", "schedules.health: timeout (10s) must not exceed interval (5s)"),
     ("schedules:\n  batch: {interval: -5s, timeout: 1s}\n", "schedules.batch.interval: expected a duration like 30s"),
@@ -121,6 +123,16 @@ def test_clip_paths_resolve_against_the_config_file(tmp_path):
     path.write_text("clips:\n  hello: {path: clips/hello.wav, transcript: 你好}\nprobes:\n  batch: {clip: hello}\n")
     config = load_config(path)
     assert config.clips["hello"].path == str(clip)
+
+
+def test_a_password_in_a_target_url_is_refused_without_being_repeated(tmp_path):
+    path = tmp_path / "secret.yaml"
+    path.write_text("targets:\n  - {name: a, url: 'http://probe:s3cret@127.0.0.1:8000'}\n")
+    proc = subprocess.run([sys.executable, "-m", "exporter", "check-config", str(path)],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 2
+    assert "targets[0].url: credentials in the URL are refused: put them under basic_auth" in proc.stderr
+    assert "s3cret" not in proc.stderr + proc.stdout
 
 
 @pytest.mark.parametrize("field,content,expected", [

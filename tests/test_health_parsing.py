@@ -86,3 +86,15 @@ def test_model_info():
     assert state.models_loaded == {"vad": True, "timestamp": False} and state.total_loaded == 1
     with pytest.raises(Failure):
         parse_model_info({"models": []})
+
+
+def test_an_integer_beyond_float_range_is_no_value_not_a_crash():
+    """JSON allows integers of thousands of digits; float() of one raises OverflowError."""
+    huge = 10**400
+    document = {"status": "healthy", "uptime": huge, "total_loaded": huge,
+                "system": {"cpu_usage_percent": huge, "memory_total_gb": huge},
+                "models": {"m": {"loaded": True, "memory_usage_mb": huge, "total_requests": huge}}}
+    state = parse_health(document)
+    assert state.status == "healthy" and state.models_loaded == {"m": True}
+    assert (state.uptime_seconds, state.cpu_ratio, state.memory_total_bytes, state.total_loaded) == (None,) * 4
+    assert state.model_memory_bytes == {} and state.model_requests == {}

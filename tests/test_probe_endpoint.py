@@ -71,15 +71,15 @@ def test_every_module_passes_on_a_healthy_target(stack, api, module):
         assert value(text, "whoasr_probe_applicable") == 0.0  # v1's /timestamp always answers 500
         return
     assert value(text, "whoasr_probe_success") == 1.0, text
-    assert value(text, "whoasr_probe_duration_seconds") > 0
+    assert value(text, "whoasr_probe_run_duration_seconds") > 0
     assert not any(name.startswith("whoasr_probe_failure") for name, _, _ in samples(text))
     assert all("target" not in labels for _, labels, _ in samples(text))  # Prometheus adds the instance
     if module == "batch":
         assert value(text, "whoasr_probe_character_error_rate") == 0.0
         assert value(text, "whoasr_probe_http_status_code") == 200
     if module == "stream":
-        assert 0 < value(text, "whoasr_stream_first_result_seconds") < 2
-        assert value(text, "whoasr_stream_partial_results") >= 1
+        assert 0 < value(text, "whoasr_stream_run_first_result_seconds") < 2
+        assert value(text, "whoasr_stream_run_partial_results") >= 1
     if is_scrape(module):
         assert value(text, "whoasr_model_loaded", model="offline_asr") == 1.0
         assert value(text, "whoasr_models_loaded") == 5
@@ -121,7 +121,7 @@ def test_scrape_timeout_header_bounds_a_hanging_target(stack):
     assert 1.3 <= elapsed < 2.0, elapsed  # the 0.5 s offset leaves time to answer
     assert value(text, "whoasr_probe_success") == 0.0
     assert value(text, "whoasr_probe_failure_info", reason="timeout") == 1.0
-    assert 1.3 <= value(text, "whoasr_probe_duration_seconds") <= 1.8
+    assert 1.3 <= value(text, "whoasr_probe_run_duration_seconds") <= 1.8
 
 
 def test_without_the_header_the_schedule_timeout_bounds_the_run(stack):
@@ -157,7 +157,7 @@ def test_debug_output_of_a_passing_stream_shows_messages_checks_and_transcript(s
     assert "success:      yes" in text
     assert "transcript:   今天天气很好我们去公园" in text
     assert "CER:          0.000" in text
-    assert "whoasr_stream_first_result_seconds" in text
+    assert "whoasr_stream_run_first_result_seconds" in text
 
 
 @pytest.mark.parametrize("query,fragment", [

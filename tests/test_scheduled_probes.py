@@ -9,7 +9,7 @@ import urllib.parse
 
 import pytest
 
-from exporter.kinds import DEFAULT_PROBES
+from exporter.kinds import DEFAULT_PROBES, MODULES
 from tests.metrics_text import value
 from tests.support import (LOOPBACK, Stack, free_port, http_get, http_post, sim_admin, sim_fault, sim_model,
                            sim_reset, sim_stats, wait_until)
@@ -222,3 +222,23 @@ def test_history_and_status_page_show_failures(stack):
     assert http_get(f"{stack.base}/api/history?limit=0")[0] == 400
     page = http_get(stack.base + "/")[1].decode()
     assert "http_5xx" in page and "<td>asr-v2</td>" in page
+
+
+def test_one_metric_name_has_one_type_on_metrics_and_probe(stack):
+    """Scheduled /metrics and on-demand /probe end up in one Prometheus (deploy/prometheus/multi-target.yml):
+    an OpenMetrics family name must have the same type in both answers."""
+    wait_until(lambda: value(stack.metrics(), "whoasr_stream_first_result_seconds_count", target="asr-v2"),
+               timeout=20, interval=0.2, what="a stream run")
+    openmetrics = {"Accept": "application/openmetrics-text; version=1.0.0"}
+    types: dict[str, set[str]] = {}
+    answers = [http_get(stack.base + "/metrics", timeout=5, headers=openmetrics)[1]]
+    for module in MODULES:
+        answers.append(http_get(f"{stack.base}/probe?target=asr-v2&module={module}", timeout=10,
+                                headers=openmetrics)[1])
+    for body in answers:
+        for line in body.decode().splitlines():
+            if line.startswith("# TYPE "):
+                _, _, name, kind = line.split()
+                types.setdefault(name, set()).add(kind)
+    assert "whoasr_probe_duration_seconds" in types and "whoasr_probe_run_duration_seconds" in types
+    assert {name: kinds for name, kinds in types.items() if len(kinds) > 1} == {}

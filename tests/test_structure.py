@@ -86,3 +86,10 @@ def test_kind_lists_come_from_the_registry():
         else:
             assert type(config.probes.for_kind(name)) is kind.settings
             assert kind.model is not None
+
+
+def test_no_assert_in_the_exporter():
+    """`python -O` drops assert statements: validation and invariants raise real exceptions instead."""
+    found = [f"{path.relative_to(PACKAGE.parent)}:{node.lineno}" for path in sorted(PACKAGE.rglob("*.py"))
+             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))) if isinstance(node, ast.Assert)]
+    assert found == []

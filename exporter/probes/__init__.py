@@ -13,16 +13,14 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Awaitable, Callable, Optional
 
-import structlog
 from pydantic import BaseModel
 
 from exporter.client import TargetClient
+from exporter.internal_errors import InternalErrors
 from exporter.results import Failure, ProbeResult, Trace
 
 if TYPE_CHECKING:  # clips pull in numpy and libsndfile: loaded only once a probe needs a clip
     from exporter.clips import Clip
-
-log = structlog.get_logger("exporter.probes")
 
 GUARD_SECONDS = 2.0  # beyond its own timeout, how long a probe may take before it is cut off
 
@@ -35,6 +33,7 @@ class ProbeContext:
     clip: Optional["Clip"] = None
     trace: Trace = field(default_factory=Trace)
     progress: Optional[Callable[[str], None]] = None  # live progress for people (the probe CLI)
+    errors: Optional[InternalErrors] = None  # where a probe's own bug is counted and logged
 
     def __post_init__(self) -> None:
         self._started = time.monotonic()
@@ -76,8 +75,8 @@ async def run_probe(kind: str, ctx: ProbeContext) -> ProbeResult:
     except (asyncio.TimeoutError, TimeoutError):
         result = failed(ctx, kind, Failure("timeout", f"cut off after {ctx.timeout + GUARD_SECONDS:g}s", step="guard"))
     except Exception as exc:  # noqa: BLE001 - a probe bug must not take the daemon down
-        log.exception("probe crashed", target=ctx.client.name, probe=kind, reason="bad_response")
-        result = failed(ctx, kind, Failure("bad_response", f"probe error: {type(exc).__name__}: {exc}"[:200]))
+        detail = (ctx.errors or InternalErrors()).report("probe", exc, ctx.client.name, kind)
+        result = failed(ctx, kind, Failure("bad_response", detail, step="internal"))
     if result.failed_without_reason():
         result.reason = "check_failed"
     result.duration_seconds = result.duration_seconds or ctx.elapsed()

@@ -166,6 +166,8 @@ class SimState:
     faults: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests: dict[str, int] = field(default_factory=dict)
     on_demand_loads: dict[str, int] = field(default_factory=dict)  # model type -> loads a request triggered
+    ws_messages: dict[str, dict[str, int]] = field(default_factory=dict)  # endpoint -> client message type -> n
+    ws_closes: dict[str, dict[str, int]] = field(default_factory=dict)  # endpoint -> close code -> n
     started: float = field(default_factory=time.monotonic)
     open_websockets: set = field(default_factory=set)
     stream_sessions: dict[str, Any] = field(default_factory=dict)
@@ -183,6 +185,15 @@ class SimState:
 
     def count(self, endpoint: str) -> None:
         self.requests[endpoint] = self.requests.get(endpoint, 0) + 1
+
+    def count_ws_message(self, endpoint: str, kind: str) -> None:
+        counts = self.ws_messages.setdefault(endpoint, {})
+        counts[kind] = counts.get(kind, 0) + 1
+
+    def count_ws_close(self, endpoint: str, code: int | None) -> None:
+        counts = self.ws_closes.setdefault(endpoint, {})
+        key = str(code) if code is not None and 1000 <= code <= 4999 else "none"
+        counts[key] = counts.get(key, 0) + 1
 
     def fault(self, endpoint: str) -> dict[str, Any]:
         return self.faults.get(endpoint, {})
