@@ -3,6 +3,8 @@
 whoAsr's `/health` samples CPU for a second inside its event loop, stalling every other request: two
 health calls must never overlap, and a latency probe running meanwhile would measure the stall, not the
 server. Probes share the gate; a health scrape takes it alone, and once it waits, new probes wait too.
+On-demand (`/probe`) health scrapes of one target that arrive together share one run (exporter/coalesce.py)
+rather than blocking the server once each, in a row.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import asyncio
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
+from exporter.coalesce import SharedRuns
+
 
 class TargetGate:
     def __init__(self) -> None:
@@ -18,6 +22,7 @@ class TargetGate:
         self._shared = 0
         self._exclusive = False
         self._exclusive_waiting = 0
+        self.on_demand_health: SharedRuns = SharedRuns()
 
     @asynccontextmanager
     async def shared(self) -> AsyncIterator[None]:

@@ -47,6 +47,7 @@ def build_app(daemon: Exporter) -> web.Application:
     app.router.add_get("/-/ready", ready)
     app.router.add_get("/api/history", history)
     app.router.add_post("/-/reload", reload)
+    app.router.add_get("/runbook", runbook_page)
     probe_endpoint.add_routes(app, daemon)
     return app
 
@@ -127,6 +128,13 @@ async def history(request: web.Request) -> web.Response:
 
 def _flag(value: str) -> bool:
     return value.lower() in ("1", "true", "yes")
+
+
+async def runbook_page(request: web.Request) -> web.Response:
+    """The alerts' runbook_url lands here by default (config `links.runbook`), one anchor per alert."""
+    from exporter import runbook
+
+    return web.Response(text=runbook.html_page(), content_type="text/html", charset="utf-8")
 
 
 async def reload(request: web.Request) -> web.Response:
