@@ -48,7 +48,8 @@ class Daemon:
         self._watch: Optional[asyncio.Task] = None
         thresholds = config.thresholds
         self.state = ExporterState(thresholds.response_time_seconds, thresholds.stream_first_result_seconds)
-        self.history = History(config.exporter.history_size, config.exporter.history_failures_size)
+        self.history = History(config.exporter.history_size, config.exporter.history_failures_size,
+                               config.exporter.history_max_results, config.exporter.history_max_mib << 20)
         self.exposition = Exposition(self.state, process_registry())
         self.session: Optional[aiohttp.ClientSession] = None
         self.clients: dict[str, TargetClient] = {}
@@ -139,7 +140,7 @@ class Daemon:
         self.clients = clients
         self.runner.keep_gates(set(clients))
         self.state.set_targets({t.name: t.enabled_probes() for t in self.targets})
-        self.history.forget_targets(set(clients))
+        self.history.keep((t.name, kind) for t in self.targets for kind in t.enabled_probes())
         plans = {}
         for target in self.targets:
             for kind in (*SCRAPE_KINDS, *target.enabled_probes()):
@@ -208,7 +209,8 @@ class Daemon:
 def settings_needing_restart(old: Config, new: Config) -> list[str]:
     """Settings a reload does not apply (the socket, TLS, logging and history are set up at start):
     reported, so that a changed one is not silently ignored. Basic auth users do apply on reload."""
-    settings = ["listen", "log_format", "log_level", "history_size", "history_failures_size"]
+    settings = ["listen", "log_format", "log_level", "history_size", "history_failures_size", "history_max_results",
+                "history_max_mib"]
     changed = [f"exporter.{name}" for name in settings
                if getattr(old.exporter, name) != getattr(new.exporter, name)]
     for name in ("tls_cert_file", "tls_key_file"):

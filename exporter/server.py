@@ -118,13 +118,23 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def history(request: web.Request) -> web.Response:
+    """`?target=&probe=&limit=&failures=true`: kept results newest first (a failure with its trace);
+    `?id=N`: the one result with that id, as the status page links it."""
     daemon: Exporter = request.app[DAEMON]
-    target = request.query.get("target") or None
-    probe = request.query.get("probe") or None
-    limit = request.query.get("limit", str(HISTORY_LIMIT))
+    query = request.query
+    if "id" in query:
+        seq = query["id"]
+        entry = daemon.history.entry_json(int(seq)) if seq.isdigit() and len(seq) < 19 else None
+        if entry is None:
+            return web.Response(status=404, text="id: no kept result has this id (it may have been dropped)\n")
+        return web.json_response(entry, dumps=_dumps)
+    target = query.get("target") or None
+    probe = query.get("probe") or None
+    limit = query.get("limit", str(HISTORY_LIMIT))
     if not limit.isdigit() or not 1 <= int(limit) <= MAX_HISTORY_LIMIT:
         return web.Response(status=400, text=f"limit: expected a whole number from 1 to {MAX_HISTORY_LIMIT}\n")
-    return web.json_response(daemon.history.to_json(target, probe, int(limit)), dumps=_dumps)
+    failures_only = query.get("failures", "").lower() in ("true", "1", "yes")
+    return web.json_response(daemon.history.to_json(target, probe, int(limit), failures_only), dumps=_dumps)
 
 
 async def reload(request: web.Request) -> web.Response:
@@ -187,14 +197,12 @@ async def landing_page(request: web.Request) -> web.Response:
             "</tr>"
         )
     failures = []
-    for result in daemon.history.results()[:30]:
-        if result.success or not result.applicable:
-            continue
+    for seq, result in daemon.history.recent_failures(30):
         failures.append(
             f"<tr><td>{time.strftime('%H:%M:%S', time.localtime(result.started_at))}</td>"
             f"<td>{esc(result.target)}</td><td>{esc(result.probe)}</td><td>{esc(result.reason or '')}</td>"
             f"<td>{result.http_status or ''}</td><td>{esc(result.detail[:200])}</td>"
-            f"<td>{esc(result.error_body or '')}</td></tr>"
+            f"<td>{esc(result.error_body or '')}</td><td><a href=\"/api/history?id={seq}\">trace</a></td></tr>"
         )
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>whoasr-exporter</title>
@@ -208,7 +216,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top;text-align:left}
 <th>Probes (last run; link runs it now with a debug log)</th><th></th></tr>
 {''.join(rows) or '<tr><td colspan="8">no targets configured</td></tr>'}</table>
 <h2>Recent failures</h2>
-<table><tr><th>Time</th><th>Target</th><th>Probe</th><th>Reason</th><th>HTTP</th><th>Detail</th><th>Body</th></tr>
-{''.join(failures) or '<tr><td colspan="7">none</td></tr>'}</table>
+<table><tr><th>Time</th><th>Target</th><th>Probe</th><th>Reason</th><th>HTTP</th><th>Detail</th><th>Body</th><th></th></tr>
+{''.join(failures) or '<tr><td colspan="8">none</td></tr>'}</table>
 </body></html>"""
     return web.Response(text=page, content_type="text/html")
