@@ -96,6 +96,7 @@ class Daemon:
         self.ready = False
         if self._watch is not None:
             self._watch.cancel()
+            await asyncio.wait([self._watch], timeout=5.0)
         await self.scheduler.shutdown(self.config.exporter.shutdown_grace if grace is None else grace)
         if self.session is not None:
             await self.session.close()
@@ -245,6 +246,11 @@ async def serve(config: Config, config_path: Optional[str], host: str, port: int
     # Stop scheduling and stop listening at once; scheduled runs and /probe requests in flight get up to
     # `grace` to finish, then are cancelled. The shared session closes last, once nothing uses it.
     await asyncio.gather(daemon.scheduler.shutdown(grace), runner.cleanup())
+    # A reload still running (SIGHUP) is cancelled and awaited: shutdown ends every task it started.
+    for task in reloads:
+        task.cancel()
+    if reloads:
+        await asyncio.wait(reloads, timeout=5.0)
     await daemon.stop(grace=0)
     log.info("stopped")
     return 0

@@ -57,7 +57,7 @@ class History:
     # --- in ---------------------------------------------------------------------------------------
     def record(self, result: ProbeResult) -> None:
         """The history's sink: probe results are kept; scrapes live in the target state."""
-        if not is_scrape(result.probe):
+        if not is_scrape(result.probe) and not result.skipped:
             self.add(result)
 
     def add(self, result: ProbeResult) -> None:

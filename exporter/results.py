@@ -156,6 +156,7 @@ class ProbeResult:
     detail: str = ""
     step: Optional[str] = None
     applicable: bool = True  # False: the probe does not apply to this target (e.g. timestamps on v1)
+    skipped: bool = False  # True: not started within its timeout (the target's gate); counted, not a run
     http_status: Optional[int] = None
     error_body: Optional[str] = None
     transcript: Optional[str] = None
@@ -216,6 +217,8 @@ class ProbeResult:
         if self.stream is not None:
             data["stream"] = {key: list(value) if isinstance(value, list) else value
                               for key, value in vars(self.stream).items()}
+        if self.skipped:
+            data["skipped"] = True
         if is_scrape(self.probe):
             data["api"] = self.api
             data["models_loaded"] = self.models_loaded()
