@@ -18,7 +18,7 @@ from typing import Optional
 import aiohttp
 import structlog
 
-from exporter import logs, tls, websecurity
+from exporter import eventloop, logs, tls, websecurity
 from exporter.client import TargetClient, new_session
 from exporter.config import Config, ConfigError, TargetConfig, TLSConfig, load_config, load_config_or_report
 from exporter.discovery import POLL_SECONDS, TargetsFiles, merge_targets
@@ -82,6 +82,8 @@ class Daemon:
         while True:
             await asyncio.sleep(POLL_SECONDS)
             discovery = self.discovery
+            if not discovery.patterns:
+                continue
             try:
                 changed = await asyncio.to_thread(discovery.refresh)
             except Exception as exc:  # noqa: BLE001 - the watcher must outlive any one bad read
@@ -226,7 +228,8 @@ async def serve(config: Config, config_path: Optional[str], host: str, port: int
     daemon = Daemon(config, config_path, shard)
     await daemon.start()
     runner = await start_server(daemon, host, port)
-    log.info("exporter listening", address=f"{host}:{port}", targets=len(daemon.targets), shard=str(daemon.shard))
+    log.info("exporter listening", address=f"{host}:{port}", targets=len(daemon.targets), shard=str(daemon.shard),
+             event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -277,4 +280,4 @@ def main(config_path: str, listen: Optional[str] = None, log_format: Optional[st
     except websecurity.WebConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    return asyncio.run(serve(config, config_path, host.strip("[]") or "0.0.0.0", int(port), shard))
+    return eventloop.run(serve(config, config_path, host.strip("[]") or "0.0.0.0", int(port), shard))

@@ -4,6 +4,8 @@ whoAsr's `/health` samples CPU for a second inside its event loop, stalling ever
 health calls must never overlap, and a latency probe running meanwhile would measure the stall, not the
 server. Probes share the gate; a health scrape takes it alone, and once it waits, new probes wait too.
 Every wait is bounded by the run's own timeout (`wait`): past it, `GateBusy`, and the run is skipped.
+On-demand (`/probe`) health scrapes of one target that arrive together share one run (exporter/coalesce.py)
+rather than blocking the server once each, in a row.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import AsyncIterator, Optional
 class GateBusy(Exception):
     """The gate did not open within the wait allowed."""
 
+from exporter.coalesce import SharedRuns
+
 
 class TargetGate:
     def __init__(self) -> None:
@@ -23,6 +27,7 @@ class TargetGate:
         self._shared = 0
         self._exclusive = False
         self._exclusive_waiting = 0
+        self.on_demand_health: SharedRuns = SharedRuns()
 
     @asynccontextmanager
     async def shared(self, wait: Optional[float] = None) -> AsyncIterator[None]:

@@ -144,24 +144,38 @@ class History:
         entry = self._kept_failed.get(seq) or self._kept_ok.get(seq)
         return entry.result if entry is not None else None
 
+    def recent(self, target: str, probe: str) -> list[ProbeResult]:
+        """The last `size` results of one (target, probe), oldest first: a sparkline's points."""
+        return [entry.result for entry in self._recent.get((target, probe), ())]
+
+    def last_failure(self, target: str, probe: str) -> Optional[ProbeResult]:
+        """The newest kept failure of one (target, probe), also after later runs passed."""
+        failures = self._failures.get((target, probe))
+        return failures[-1].result if failures else None
+
+    def newest_failures(self, limit: int) -> list[ProbeResult]:
+        """The newest `limit` kept failures of every target and probe, newest first."""
+        return [result for _, result in self.recent_failures(limit)]
+
     def to_json(self, target: Optional[str] = None, probe: Optional[str] = None, limit: Optional[int] = None,
-                failures_only: bool = False) -> list[dict]:
-        """Newest first; a failure carries its run's trace."""
+                failed_only: bool = False, with_trace: bool = False) -> list[dict]:
+        """Results newest first, each with its `id`; `failed_only`: failed runs only; `with_trace`: each
+        run's kept trace too (failures keep theirs)."""
         out = []
-        for entry in self._entries(target, probe, failures_only):
+        for entry in self._entries(target, probe, failed_only):
             if limit is not None and len(out) >= limit:
                 break
-            out.append(entry_json(entry.seq, entry.result))
+            out.append(entry_json(entry.seq, entry.result, with_trace))
         return out
 
     def entry_json(self, seq: int) -> Optional[dict]:
         result = self.get(seq)
-        return entry_json(seq, result) if result is not None else None
+        return entry_json(seq, result, with_trace=True) if result is not None else None
 
 
-def entry_json(seq: int, result: ProbeResult) -> dict:
+def entry_json(seq: int, result: ProbeResult, with_trace: bool) -> dict:
     data = {"id": seq, **result.to_dict()}
-    if result.trace:
+    if with_trace:
         data["trace"] = list(result.trace)
     return data
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
+import select
 import socket
 import ssl
 import threading
@@ -239,21 +240,29 @@ class TLSFront:
             client.close()
             return
         self._track(upstream)
-        self._spawn(self._copy, upstream, client)
-        self._copy(client, upstream)
+        self._relay(client, upstream)
 
-    def _copy(self, source: socket.socket, sink: socket.socket) -> None:
+    def _relay(self, client: ssl.SSLSocket, upstream: socket.socket) -> None:
+        """Both directions in this one thread: an SSL object must not be read and written by two threads
+        at once (TLS 1.3 reads can write)."""
+        peers = {client: upstream, upstream: client}
         try:
-            while data := source.recv(65536):
-                sink.sendall(data)
+            while not self._stopping.is_set():
+                readable = [client] if client.pending() else select.select(list(peers), [], [], 0.5)[0]
+                for sock in readable:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    peers[sock].sendall(data)
         except (OSError, ssl.SSLError):
             pass
-        for sock in (source, sink):  # shutdown() wakes the thread copying the other way; close() would not
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
+        finally:
+            for sock in (client, upstream):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
 
     def stop(self) -> None:
         self._stopping.set()

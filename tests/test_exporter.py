@@ -171,8 +171,8 @@ def test_landing_page_and_health_endpoints(stack):
     page = body.decode()
     assert status == 200 and headers["Content-Type"].startswith("text/html")
     for name in ("asr-v1", "asr-v2", "asr-doc", "asr-refused"):
-        assert f"<td>{name}</td>" in page
-    assert "<td>v1</td>" in page and "<td>v2</td>" in page
+        assert f'data-target="{name}"' in page
+    assert "up · v1</span>" in page and "up · v2</span>" in page
     assert 'href="/metrics"' in page
     assert http_get(stack.base + "/-/healthy")[0] == 200
     assert http_get(stack.base + "/-/ready")[0] == 200

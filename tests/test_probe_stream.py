@@ -24,7 +24,8 @@ from exporter.probes import ProbeContext, run_probe, stream, websocket
 from exporter.probes.result_lag import ResultLagClock
 from exporter.probes.websocket import CLOSE_SECONDS
 from exporter.results import ProbeResult, StreamTimings
-from support import LOOPBACK, free_port, sim_fault, sim_model, sim_reset, sim_stats, start_simulator, wait_until
+from support import (LOOPBACK, free_port, sim_delete, sim_fault, sim_model, sim_reset, sim_stats, start_simulator,
+                     wait_until)
 
 STRIDE = 9600  # samples the server's model consumes per call (600 ms)
 CLIP = builtin_clip()
@@ -45,6 +46,7 @@ def clean_sim(request):
         return
     url = request.getfixturevalue("sim")
     sim_reset(url, models=("streaming_asr", "vad"))
+    sim_delete(url, "stats")
 
 
 def open_websockets(url: str) -> int:
@@ -86,9 +88,16 @@ def expect(result: ProbeResult, reason: str, step: str | tuple[str, ...]) -> Non
         result.step, result.detail, result.trace)
 
 
-def server_closed(url: str) -> None:
-    """The server saw the socket end too (it may be busy in a fault's sleep for a while)."""
+def server_closed(url: str, endpoint: str = "stream", close_code: str = "1000") -> None:
+    """The server saw every socket end (it may be busy in a fault's sleep for a while), each with the
+    client's close frame (1000), unless the server itself dropped the connection."""
     wait_until(lambda: open_websockets(url) == 0, timeout=5, what="the server to see the socket closed")
+    closes = sim_stats(url)["websocket_closes"]
+    assert closes.get(endpoint) and set(closes[endpoint]) == {close_code}, closes
+
+
+def messages_received(url: str, endpoint: str = "stream") -> dict[str, int]:
+    return sim_stats(url)["websocket_messages"].get(endpoint, {})
 
 
 def cut(samples: int, transcript: str = CLIP.transcript):
@@ -179,6 +188,7 @@ async def test_exact_multiple_of_the_stride_gets_no_final_result(sim):
     left in its buffer at stop it sends no final result; the stop status still ends the session."""
     result = await probe(sim, clip=cut(5 * STRIDE, "今天天气很好"))
     assert result.success, (result.reason, result.detail, result.trace)
+    server_closed(sim)
     assert not result.stream.final_received
     assert result.stream.partial_results == 5
     assert result.transcript == "今天天气很好" and result.cer == 0.0
@@ -199,6 +209,7 @@ async def test_cer_above_its_bound_is_accuracy(sim):
     result = await probe(sim, max_cer=0.2)
     expect(result, "accuracy", "accuracy")
     assert result.cer == 3 / REFERENCE_CHARS
+    server_closed(sim)
 
 
 # ---------------------------------------------------------------- failures
@@ -227,7 +238,7 @@ async def test_socket_dropped_mid_stream(sim):
     expect(result, "closed_early", "audio")
     assert result.stream.partial_results == 2
     assert result.transcript == "今天"  # what arrived before the drop is kept
-    server_closed(sim)
+    server_closed(sim, close_code="1006")  # the server dropped it: no close frame could pass
 
 
 async def test_zombie_socket_after_a_bad_frame(sim, monkeypatch):
@@ -247,6 +258,7 @@ async def test_silent_socket_never_starting(sim):
     expect(result, "timeout", "start")
     assert result.stream.frames_sent == 0
     server_closed(sim)
+    assert messages_received(sim) == {"start_recording": 1, "stop_recording": 1}  # stop, then the close
 
 
 async def test_silent_socket_after_the_audio(sim):
@@ -257,6 +269,7 @@ async def test_silent_socket_after_the_audio(sim):
     expect(result, "timeout", "first_result")
     assert result.stream.frames_sent == 6 and result.stream.first_result_seconds is None
     server_closed(sim)
+    assert messages_received(sim)["stop_recording"] == 1
 
 
 async def test_handshake_rejected(sim):
@@ -284,6 +297,7 @@ async def test_wrong_shape_from_the_server(sim):
     sim_fault(sim, "stream", wrong_shape="list")
     result = await probe(sim)
     expect(result, "bad_response", "start")
+    server_closed(sim)
 
 
 async def test_silence_gets_no_result(sim):
@@ -291,6 +305,7 @@ async def test_silence_gets_no_result(sim):
     result = await probe(sim, clip=silence)
     expect(result, "no_result", "transcript")
     assert result.stream.final_result_seconds is not None
+    server_closed(sim)
 
 
 async def test_connect_error():
@@ -328,7 +343,7 @@ async def test_stream_vad_reports_segments(sim):
     assert result.success, (result.reason, result.detail, result.trace)
     assert [(c.name, c.ok) for c in result.checks] == [("segments", True)]
     assert result.stream.first_result_seconds is not None and result.stream.max_pacing_error_seconds >= 0
-    server_closed(sim)
+    server_closed(sim, "stream_vad")
 
 
 async def test_stream_vad_forbidden_means_model_not_loaded(sim):
@@ -342,6 +357,7 @@ async def test_stream_vad_silence_fails_its_check(sim):
     silence = dataclasses.replace(CLIP, samples=np.zeros(STRIDE, dtype=np.float32))
     result = await probe(sim, "stream_vad", clip=silence)
     expect(result, "check_failed", "segments")
+    server_closed(sim, "stream_vad")
 
 
 async def test_stream_vad_zombie_times_out(sim, monkeypatch):
@@ -350,4 +366,30 @@ async def test_stream_vad_zombie_times_out(sim, monkeypatch):
     monkeypatch.setattr(websocket, "clip_frames", lambda clip, ms: ["{not json"] + frames(clip, ms))
     result = await probe(sim, "stream_vad", clip=SPEECH, timeout=2.0)
     expect(result, "timeout", "first_result")
-    server_closed(sim)
+    server_closed(sim, "stream_vad")
+
+
+@pytest.mark.parametrize("fault", [{"latency": 0.3}, {"model_exception": True}, {"never_start": True},
+                                   {"garbage": True}])
+async def test_stream_vad_faults_end_with_a_close_frame(sim, fault):
+    sim_fault(sim, "stream_vad", **fault)
+    result = await probe(sim, "stream_vad", clip=SPEECH, timeout=1.0)
+    assert not result.success or "latency" in fault
+    server_closed(sim, "stream_vad")
+
+
+@pytest.mark.parametrize("kind", ["stream", "stream_vad"])
+async def test_a_cancelled_run_closes_its_socket_with_a_close_frame(sim, kind):
+    """Shutdown cancels runs that outlast the grace period: the socket still ends with a close frame."""
+    model = StreamProbe if kind == "stream" else StreamVadProbe
+    async with new_session() as session:
+        ctx = ProbeContext(TargetClient(session, TargetConfig(name="sim", url=sim)), model(), 10.0, clip=CLIP)
+        task = asyncio.create_task(run_probe(kind, ctx))
+        start = "start_recording" if kind == "stream" else "start_vad"  # the client's socket is open by then
+        await asyncio.to_thread(wait_until, lambda: messages_received(sim, kind).get(start) == 1, 5, 0.02,
+                                "the session to start")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not session.connector._acquired
+    server_closed(sim, kind)

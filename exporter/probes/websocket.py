@@ -27,6 +27,7 @@ from exporter.probes.result_lag import MAX_RESULTS, ResultLagClock
 from exporter.results import Failure, ProbeResult, StreamTimings, redact
 
 CLOSE_SECONDS = 1.0  # closing a socket must fit in run_probe's guard time, even against a silent server
+STOP_SECONDS = 0.25  # after a timeout: how long sending the stop message may take
 _NOT_LOADED = re.compile(r"\bnot\s+loaded\b", re.IGNORECASE)
 
 
@@ -171,16 +172,28 @@ class _Socket:
                 return
 
     async def close(self) -> None:
-        """Cancels the reader and closes the socket within CLOSE_SECONDS; an abort if the server is silent."""
-        self.reader.cancel()
+        """Closes the socket with a close frame and waits for the server's, within CLOSE_SECONDS.
+
+        The reader is not cancelled first: aiohttp treats a receive cut short as an abnormal closure and
+        then drops the connection right after its close frame, before the server has read it. While the
+        reader waits in receive(), ws.close() hands the closing handshake to it; the reader then ends.
+        A server that does not answer within CLOSE_SECONDS gets the connection dropped."""
         try:
-            await asyncio.wait([self.reader], timeout=CLOSE_SECONDS)
+            async with asyncio.timeout(CLOSE_SECONDS):
+                await self.ws.close()
+                await asyncio.wait([self.reader])
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            pass
         finally:
-            try:
-                async with asyncio.timeout(CLOSE_SECONDS):
-                    await self.ws.close()
-            except (TimeoutError, aiohttp.ClientError, OSError):
-                pass  # aiohttp drops the connection when its close is cut short
+            if not self.reader.done():  # the server never answered the close: drop the connection
+                self.reader.cancel()
+                await asyncio.wait([self.reader], timeout=CLOSE_SECONDS)
+            if not self.ws.closed:  # a receive cut short: aiohttp's close now just drops the connection
+                try:
+                    async with asyncio.timeout(CLOSE_SECONDS):
+                        await self.ws.close()
+                except (TimeoutError, aiohttp.ClientError, OSError):
+                    pass
 
 
 def _parse(text: str, at: float) -> _Incoming:
@@ -209,6 +222,7 @@ class Session:
         self.lag_clock: Optional[ResultLagClock] = None  # real-time recognition sessions only
         self.started = False
         self.stopped_at: Optional[float] = None
+        self.stop_sent = False
         self.results = 0
 
     async def run(self, clip: Clip, frame_ms: int, realtime: bool, client_id_prefix: str,
@@ -225,10 +239,15 @@ class Session:
             await self._send_audio(frames, len(clip.samples), frame_ms, realtime, pacing)
             self.phase = "final"
             stop_sent_at = self.loop.time()
+            self.stop_sent = True
             await self._send({"type": self.dialect.stop})
             await self._collect(lambda: self.stopped_at is not None, f"status {self.dialect.stopped!r}")
+        except Failure as failure:
+            if failure.reason == "timeout" and not self.stop_sent:
+                await self._stop_after_timeout()
+            raise
         finally:
-            await self.socket.close()
+            await self.socket.close()  # with a close frame, on every way out (also a cancelled run)
         self.timings.final_result_seconds = self.stopped_at - stop_sent_at
         self.ctx.trace(f"session ended {self.timings.final_result_seconds * 1000:.1f} ms after {self.dialect.stop}")
         self._account(clip.duration_seconds, realtime)
@@ -261,6 +280,18 @@ class Session:
         self.timings.connect_seconds = self.loop.time() - began
         self.ctx.trace(f"connected in {self.timings.connect_seconds * 1000:.1f} ms")
         self.socket = _Socket(ws, name=f"ws-reader {self.ctx.client.name} {client_id}")
+
+    async def _stop_after_timeout(self) -> None:
+        """Ends the recording the server may still hold for this client id, if the socket takes a message:
+        a monitor that gives up must not leave a session behind. Its answer is not awaited."""
+        try:
+            async with asyncio.timeout(STOP_SECONDS):
+                await self.socket.ws.send_str(json.dumps({"type": self.dialect.stop}))
+        except (TimeoutError, ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
+            self.ctx.trace(f"{self.dialect.stop} not sent after the timeout: {type(exc).__name__}")
+            return
+        self.stop_sent = True
+        self.ctx.trace(f"-> {self.dialect.stop} (after the timeout)")
 
     async def _send(self, message: dict[str, Any]) -> None:
         await self._send_text(json.dumps(message))

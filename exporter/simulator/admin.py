@@ -122,6 +122,8 @@ async def get_stats(request: web.Request) -> web.Response:
         "open_websockets": len(sim.open_websockets),
         "model_requests": {m: s.total_requests for m, s in sim.models.items()},
         "on_demand_loads": {m: sim.on_demand_loads.get(m, 0) for m in sim.models},
+        "websocket_messages": sim.ws_messages,
+        "websocket_closes": sim.ws_closes,
     })
 
 
@@ -129,6 +131,8 @@ async def delete_stats(request: web.Request) -> web.Response:
     sim = sim_of(request)
     sim.requests.clear()
     sim.on_demand_loads.clear()
+    sim.ws_messages.clear()
+    sim.ws_closes.clear()
     for state in sim.models.values():
         state.total_requests, state.last_used = 0, None
     return await get_stats(request)

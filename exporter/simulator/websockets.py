@@ -27,6 +27,8 @@ GARBLED_CHAR = "嗯"    # what the fake model 'hears' in int16 audio misread as 
 STREAM_NOT_LOADED = ("Streaming ASR model not loaded. Please load the model using POST /model/load "
                      "with model_type='streaming_asr'")
 MAX_MESSAGE = 16 * 1024 * 1024
+# Client message types counted in /-/sim/stats (anything else as "other": the label set stays bounded).
+COUNTED_TYPES = ("start_recording", "stop_recording", "audio_chunk", "start_vad", "stop_vad", "ping")
 
 
 @dataclass
@@ -143,10 +145,14 @@ async def _serve_socket(request: web.Request, endpoint: str, sessions: dict[str,
                 sessions.pop(client_id, None)
                 await _zombie(ws)
                 break
+            sim.count_ws_message(endpoint, kind if kind in COUNTED_TYPES else "other")
             await dispatch(sim, client_id, kind, data)
     finally:
         sessions.pop(client_id, None)
         sim.open_websockets.discard(ws)
+        # A client's close frame leaves its code (1000 for a normal close); a connection that just
+        # ended, 1006 (aiohttp's "abnormal closure").
+        sim.count_ws_close(endpoint, ws.close_code)
     return ws
 
 
@@ -222,6 +228,8 @@ async def _stream_model(sim: SimState, session: Session, stride: np.ndarray | No
         samples, session.buffer = session.buffer, np.zeros(0, dtype=np.float32)
     else:
         samples = stride
+    if sim.stream_compute is not None:  # --stream-capacity: this call's share of a saturable model server
+        await sim.stream_compute.run(sim.stream_compute.stride_work(len(samples), STREAM_STRIDE))
     session.processed += len(samples)
     piece = _recognize(sim, session, samples, final=final)
     if piece:

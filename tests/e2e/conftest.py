@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from tests.e2e.stack import (TARGETS, Simulator, Stack, alertmanager_config, exporter_config,
-                             missing_key_series, prometheus_config, write_short_clip)
+                             missing_key_series, prometheus_config)
 from tests.e2e.webhook import WebhookReceiver
 from tests.support import LOOPBACK, ManagedProcess, exporter_cmd, free_port, http_get, start_simulator, wait_until
 
@@ -133,7 +133,7 @@ def stack(binaries, launched, tmp_path_factory) -> Stack:
 
         exporter_port = free_port()
         config_path = tmp / "exporter.yaml"
-        config_path.write_text(yaml.safe_dump(exporter_config(simulators, exporter_port, write_short_clip(tmp)), sort_keys=False))
+        config_path.write_text(yaml.safe_dump(exporter_config(simulators, exporter_port), sort_keys=False))
         exporter = f"http://{LOOPBACK}:{exporter_port}"
         _start(launched, exporter_cmd("serve", "--config", str(config_path)), tmp / "exporter.log",
                exporter + "/-/ready", "exporter")

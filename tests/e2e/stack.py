@@ -12,6 +12,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
+from exporter.config import Thresholds
 from exporter.kinds import DEFAULT_PROBES
 from tests.e2e.webhook import WebhookReceiver
 from tests.support import LOOPBACK, ManagedProcess, http_get, start_simulator, wait_until
@@ -28,13 +31,14 @@ TARGETS = {
     "asr-v2": ("v2", (), None),
     "asr-doc": ("v2", ("--health-schema", "documented"), None),
     "asr-down": ("v2", (), []),
+    "asr-outage": ("v1", (), None),  # every default probe, timestamp not applicable: the outage scenario
     "asr-model": ("v2", (), ["stream"]),
     "asr-slow": ("v2", (), ["batch"]),
     "asr-cpu": ("v2", (), []),
 }
 HEALTHY = ("asr-v1", "asr-v2", "asr-doc")
 # v1's /timestamp always fails upstream, so the exporter reports that probe as not applicable: no series.
-NOT_APPLICABLE = {"asr-v1": ("timestamp",)}
+NOT_APPLICABLE = {"asr-v1": ("timestamp",), "asr-outage": ("timestamp",)}
 
 
 def expected_probes(target: str) -> tuple[str, ...]:
@@ -42,22 +46,23 @@ def expected_probes(target: str) -> tuple[str, ...]:
     return tuple(k for k in PROBE_KINDS if k not in NOT_APPLICABLE.get(target, ()))
 
 
-# Short intervals and `for:` durations so every alert can fire within seconds; the stream probe streams
-# a 0.8 s clip paced like a microphone (the built-in 5.2 s one would outlast its 2 s interval), so that
-# first-result and result-lag series are the real-time ones.
-# FOR_LONG must outlast a Prometheus start: it takes ~5 s (discovery's update throttle) to scrape its
-# static targets, and until then WhoasrTargetMissing's absent(whoasr_up{...}) holds for every target.
-RESPONSE_TIME_SECONDS = 1.0
+# A quiet day: the default thresholds, the built-in clip, the stream probe paced in real time (each session
+# lasts the 5.19 s clip), so every latency alert must stay silent on the healthy targets. Intervals are
+# short (and the stream's and batch's long enough for a real-time session and a slow batch run) and
+# `for:` durations too, so every alert can fire within seconds; nothing else departs from the defaults.
+RESPONSE_TIME_SECONDS = Thresholds().response_time_seconds
 FOR_SHORT, FOR_LONG = 2, 10
 SCHEDULES = {
-    "health": {"interval": "2s", "timeout": "1s"},
+    "health": {"interval": "1s", "timeout": "900ms"},
     "model_info": {"interval": "1s", "timeout": "900ms"},
-    "batch": {"interval": "3s", "timeout": "2500ms"},
-    "stream": {"interval": "2s", "timeout": "1800ms"},
+    "batch": {"interval": "9s", "timeout": "8s"},
+    "stream": {"interval": "8s", "timeout": "7s"},
     "punctuation": {"interval": "2s", "timeout": "1500ms"},
     "vad": {"interval": "2s", "timeout": "1500ms"},
     "timestamp": {"interval": "3s", "timeout": "2500ms"},
+    "stream_vad": {"interval": "8s", "timeout": "7s"},  # not scheduled here; its rules' `for:` follow it
 }
+ALERTMANAGER_SHIPPED = Path(__file__).resolve().parents[2] / "deploy" / "alertmanager.yml"
 
 
 @dataclass
@@ -152,12 +157,15 @@ class Stack:
         sim.proc = proc
 
 
+
+
 SHORT_CLIP_SECONDS = 0.8  # one 600 ms stride and a final rest: one partial and one final result
 
 
 def write_short_clip(directory: Path) -> Path:
-    """The first SHORT_CLIP_SECONDS of the built-in clip. The simulator's model says the rest of the
-    transcript in its final result, so the built-in transcript still applies."""
+    """The first SHORT_CLIP_SECONDS of the built-in clip, for the report's stack (the alerting stack streams
+    the built-in clip in real time). The simulator's model says the rest of the transcript in its final
+    result, so the built-in transcript still applies."""
     import soundfile
 
     from exporter.clips import SAMPLE_RATE, builtin_clip
@@ -167,9 +175,8 @@ def write_short_clip(directory: Path) -> Path:
     return path
 
 
-def exporter_config(simulators: dict[str, Simulator], port: int, short_clip: Path) -> dict:
+def exporter_config(simulators: dict[str, Simulator], port: int) -> dict:
     """The exporter config the stack runs, and the one the rules and dashboards are rendered from."""
-    from exporter.clips import builtin_clip
 
     targets = []
     for name, (_, _, probes) in TARGETS.items():
@@ -177,14 +184,14 @@ def exporter_config(simulators: dict[str, Simulator], port: int, short_clip: Pat
         if probes is not None:
             target["probes"] = probes
         targets.append(target)
+    exporter = f"http://{LOOPBACK}:{port}"
     return {
         "exporter": {"listen": f"{LOOPBACK}:{port}", "log_format": "json", "log_level": "info"},
         "targets": targets,
         "schedules": SCHEDULES,
-        "thresholds": {"response_time_seconds": RESPONSE_TIME_SECONDS,
-                       "for_short": f"{FOR_SHORT}s", "for_long": f"{FOR_LONG}s"},
-        "clips": {"short": {"path": str(short_clip), "transcript": builtin_clip().transcript}},
-        "probes": {"stream": {"clip": "short"}},
+        "thresholds": {"for_short": f"{FOR_SHORT}s", "for_long": f"{FOR_LONG}s"},
+        # The alerts' runbook and history links lead to this exporter (Grafana is not part of the stack).
+        "links": {"exporter": exporter, "grafana": "http://grafana.invalid:3000"},
     }
 
 
@@ -198,12 +205,14 @@ def prometheus_config(rules: Path, exporter_port: int, alertmanager_port: int) -
 
 
 def alertmanager_config(webhook_url: str) -> dict:
-    """One webhook receiver, one notification per alert (group_by '...'), fast flushes, resolved sent."""
-    return {
-        "route": {"receiver": "webhook", "group_by": ["..."], "group_wait": "1s", "group_interval": "1s",
-                  "repeat_interval": "4h"},
-        "receivers": [{"name": "webhook", "webhook_configs": [{"url": webhook_url, "send_resolved": True}]}],
-    }
+    """deploy/alertmanager.yml as shipped (routes, grouping, inhibitions, receivers), with only its timing
+    shortened and each receiver's webhook pointed at the test's receiver (/alerts/<receiver name>)."""
+    config = yaml.safe_load(ALERTMANAGER_SHIPPED.read_text(encoding="utf-8"))
+    config["route"].update({"group_wait": "1s", "group_interval": "1s"})
+    for receiver in config["receivers"]:
+        for hook in receiver["webhook_configs"]:
+            hook["url"] = f"{webhook_url}/{receiver['name']}"
+    return config
 
 
 def missing_key_series(stack: Stack) -> list[str]:
