@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import ipaddress
 import json
 import signal
@@ -100,7 +101,9 @@ def run(args: argparse.Namespace) -> int:
     except UsageError as exc:
         print(f"whoasr-exporter capacity: {exc}", file=sys.stderr)
         return 2
+    gc.freeze()  # what start-up built is never garbage: full collections stop pausing the frame schedule
     try:
+        # asyncio's own loop, not uvloop: uvloop's clock counts whole milliseconds, too coarse for pacing and lags
         outcome = asyncio.run(drive(config, target, plan, clip, sys.stderr))
     except UsageError as exc:
         print(f"whoasr-exporter capacity: {exc}", file=sys.stderr)
