@@ -21,7 +21,7 @@ from exporter.capacity import MAX_SAMPLES, Level, Outcome, Plan, Samples, Slo, l
 from exporter.clips import builtin_clip
 from exporter.results import ProbeResult, StreamTimings
 from exporter.simulator.compute import SharedCompute
-from tests.support import ManagedProcess, exporter_cmd, free_port, sim_stats, start_simulator, wait_until
+from tests.support import exporter_cmd, free_port, sim_stats, start_simulator, wait_until
 
 pytestmark = pytest.mark.timeout(150)
 
