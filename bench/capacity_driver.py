@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import resource
 import sys
@@ -74,6 +75,7 @@ def main() -> int:
         loop_lags: list[float] = []
         pacing = Pacing()
         started = time.monotonic()
+        gc.freeze()  # as the command does
         outcome = asyncio.run(one_level(url, args.sessions, args.hold, loop_lags, pacing))
         wall = time.monotonic() - started
         own_after = resource.getrusage(resource.RUSAGE_SELF)

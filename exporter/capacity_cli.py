@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import gc
 import ipaddress
 import json
 import signal
 import sys
+from pathlib import Path
 from typing import Optional, TextIO
 from urllib.parse import urlsplit
 
@@ -100,7 +103,9 @@ def run(args: argparse.Namespace) -> int:
     except UsageError as exc:
         print(f"whoasr-exporter capacity: {exc}", file=sys.stderr)
         return 2
+    gc.freeze()  # what start-up built is never garbage: full collections stop pausing the frame schedule
     try:
+        # asyncio's own loop, not uvloop: uvloop's clock counts whole milliseconds, too coarse for pacing and lags
         outcome = asyncio.run(drive(config, target, plan, clip, sys.stderr))
     except UsageError as exc:
         print(f"whoasr-exporter capacity: {exc}", file=sys.stderr)
@@ -136,6 +141,8 @@ def _clip(config: Config) -> Clip:
     if clip.duration_seconds + 2.0 > timeout:
         raise UsageError(f"the clip lasts {clip.duration_seconds:.1f} s, too long for schedules.stream.timeout "
                          f"{timeout:g}s: use a shorter clip or raise the timeout")
+    if settings.clip in config.clips:  # shown by its file's name (a --clip has a made-up config name)
+        clip = dataclasses.replace(clip, name=Path(config.clips[settings.clip].path).name)
     return clip
 
 

@@ -93,6 +93,8 @@ class ExporterConfig(_Strict):
     max_concurrent_probes: int = Field(default=8, ge=1, le=256)
     history_size: int = Field(default=20, ge=1, le=1000)
     history_failures_size: int = Field(default=50, ge=1, le=1000)
+    history_max_results: int = Field(default=10_000, ge=10, le=1_000_000)  # all targets and probes together
+    history_max_mib: int = Field(default=64, ge=1, le=4096)  # estimated memory of the kept results
     shutdown_grace: Duration = 10.0
     shard: Optional[str] = None  # "I/N": probe only the targets that hash to shard I of N (--shard wins)
     web: WebConfig = Field(default_factory=WebConfig)

@@ -48,7 +48,8 @@ class Daemon:
         self._watch: Optional[asyncio.Task] = None
         thresholds = config.thresholds
         self.state = ExporterState(thresholds.response_time_seconds, thresholds.stream_first_result_seconds)
-        self.history = History(config.exporter.history_size, config.exporter.history_failures_size)
+        self.history = History(config.exporter.history_size, config.exporter.history_failures_size,
+                               config.exporter.history_max_results, config.exporter.history_max_mib << 20)
         self.exposition = Exposition(self.state, process_registry())
         self.session: Optional[aiohttp.ClientSession] = None
         self.clients: dict[str, TargetClient] = {}
@@ -97,6 +98,7 @@ class Daemon:
         self.ready = False
         if self._watch is not None:
             self._watch.cancel()
+            await asyncio.wait([self._watch], timeout=5.0)
         await self.scheduler.shutdown(self.config.exporter.shutdown_grace if grace is None else grace)
         if self.session is not None:
             await self.session.close()
@@ -141,7 +143,7 @@ class Daemon:
         self.clients = clients
         self.runner.keep_gates(set(clients))
         self.state.set_targets({t.name: t.enabled_probes() for t in self.targets})
-        self.history.forget_targets(set(clients))
+        self.history.keep((t.name, kind) for t in self.targets for kind in t.enabled_probes())
         plans = {}
         for target in self.targets:
             for kind in (*SCRAPE_KINDS, *target.enabled_probes()):
@@ -210,7 +212,8 @@ class Daemon:
 def settings_needing_restart(old: Config, new: Config) -> list[str]:
     """Settings a reload does not apply (the socket, TLS, logging and history are set up at start):
     reported, so that a changed one is not silently ignored. Basic auth users do apply on reload."""
-    settings = ["listen", "log_format", "log_level", "history_size", "history_failures_size"]
+    settings = ["listen", "log_format", "log_level", "history_size", "history_failures_size", "history_max_results",
+                "history_max_mib"]
     changed = [f"exporter.{name}" for name in settings
                if getattr(old.exporter, name) != getattr(new.exporter, name)]
     for name in ("tls_cert_file", "tls_key_file"):
@@ -246,6 +249,11 @@ async def serve(config: Config, config_path: Optional[str], host: str, port: int
     # Stop scheduling and stop listening at once; scheduled runs and /probe requests in flight get up to
     # `grace` to finish, then are cancelled. The shared session closes last, once nothing uses it.
     await asyncio.gather(daemon.scheduler.shutdown(grace), runner.cleanup())
+    # A reload still running (SIGHUP) is cancelled and awaited: shutdown ends every task it started.
+    for task in reloads:
+        task.cancel()
+    if reloads:
+        await asyncio.wait(reloads, timeout=5.0)
     await daemon.stop(grace=0)
     log.info("stopped")
     return 0

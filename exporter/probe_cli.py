@@ -223,9 +223,10 @@ class LiveTrace(Trace):
         super().__init__()
         self._sink = sink
 
-    def __call__(self, message: str) -> None:
-        super().__call__(message)
-        self._sink(self.lines[-1])
+    def __call__(self, message: str) -> str:
+        line = super().__call__(message)
+        self._sink(line)
+        return line
 
 
 class Reporter:

@@ -114,14 +114,23 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def history(request: web.Request) -> web.Response:
+    """`?target=&probe=&limit=&failures=true`: kept results newest first (a failure with its trace);
+    `?id=N`: the one result with that id, as the status page links it."""
     daemon: Exporter = request.app[DAEMON]
-    target = request.query.get("target") or None
-    probe = request.query.get("probe") or None
-    limit = request.query.get("limit", str(HISTORY_LIMIT))
+    query = request.query
+    if "id" in query:
+        seq = query["id"]
+        entry = daemon.history.entry_json(int(seq)) if seq.isdigit() and len(seq) < 19 else None
+        if entry is None:
+            return web.Response(status=404, text="id: no kept result has this id (it may have been dropped)\n")
+        return web.json_response(entry, dumps=_dumps)
+    target = query.get("target") or None
+    probe = query.get("probe") or None
+    limit = query.get("limit", str(HISTORY_LIMIT))
     if not limit.isdigit() or not 1 <= int(limit) <= MAX_HISTORY_LIMIT:
         return web.Response(status=400, text=f"limit: expected a whole number from 1 to {MAX_HISTORY_LIMIT}\n")
-    failed_only = _flag(request.query.get("failed", ""))
-    with_trace = _flag(request.query.get("trace", ""))
+    failed_only = _flag(query.get("failed", ""))
+    with_trace = _flag(query.get("trace", ""))
     return web.json_response(daemon.history.to_json(target, probe, int(limit), failed_only, with_trace),
                              dumps=_dumps)
 

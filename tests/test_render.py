@@ -353,6 +353,25 @@ def test_every_alert_has_a_firing_and_a_silent_unit_test():
     assert {name for name, _ in rules} - silent == set(), "alerts never expected to stay silent"
 
 
+def test_every_alert_is_tested_in_multi_target_mode_too():
+    """alerts/tests/multi_target.yml feeds /probe-shaped series (target = URL, probe = module, one gauge
+    per run): every (alert, severity) fires there and every alert stays silent in another case."""
+    suite = yaml.safe_load((ROOT / "alerts" / "tests" / "multi_target.yml").read_text(encoding="utf-8"))
+    firing, silent = set(), set()
+    for group in suite["tests"]:
+        for series in group["input_series"]:
+            assert 'target="http://' in series["series"] or 'job="whoasr-exporter"' in series["series"], series
+            assert "_total" not in series["series"] and "_bucket" not in series["series"], series
+        for case in group.get("alert_rule_test", []):
+            expected = case.get("exp_alerts") or []
+            if not expected:
+                silent.add(case["alertname"])
+            firing |= {(case["alertname"], alert["exp_labels"]["severity"]) for alert in expected}
+    rules = {(a["alert"], a["labels"]["severity"]) for a in all_alerts(rule_file())}
+    assert rules - firing == set(), "alerts never expected to fire in multi-target mode"
+    assert {name for name, _ in rules} - silent == set(), "alerts never expected to stay silent in multi-target mode"
+
+
 def test_promtool_check_rules():
     promtool = tool("promtool")
     result = subprocess.run([promtool, "check", "rules", str(ROOT / RULES_FILE)],

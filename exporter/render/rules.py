@@ -126,10 +126,12 @@ def failing_for(config: Config, kind: str) -> float:
     return max(config.thresholds.for_short, 2 * config.schedules.for_kind(kind).interval, health_lag(config))
 
 
-def _reason_query(promql: str) -> str:
-    """A template piece that names the reason label of the first series a query returns."""
+def _reason_query(promql: str, queries: int = 1) -> str:
+    """A template piece that names the reason label of the first series a query returns; `promql` holds
+    `queries` sub-queries, each selecting job, target and probe by %q."""
+    args = " $labels.job $labels.target $labels.probe" * queries
     return (
-        f'{{{{ with query (printf "{promql}" $labels.job $labels.target $labels.probe) }}}}'
+        f'{{{{ with query (printf "{promql}"{args}) }}}}'
         '{{ . | first | label "reason" }}{{ else }}unknown{{ end }}'
     )
 
@@ -150,21 +152,40 @@ def cer_name(window: str) -> str:
     return f"whoasr:probe_character_error:ratio_rate{window}"
 
 
+# Every SLI is built from whichever series the mode provides, joined with `or`: scheduled mode's
+# counters and histograms (/metrics) first, then multi-target mode's per-run gauges (/probe, relabelled
+# to carry `target` and `probe` as deploy/prometheus/multi-target.yml does). Both branches aggregate to
+# the same labels (job, target, probe), so where both exist the scheduled one is kept.
+RUN_GAUGES = slo_rules.RUN_GAUGES
+
+
 def _error_ratio(kind: str, window: str) -> str:
     match = f'probe="{kind}"'
     runs = f"sum by ({BY}) (rate(whoasr_probe_runs_total{{{match}}}[{window}]))"
     failures = f"sum by ({BY}) (rate(whoasr_probe_failures_total{{{match}}}[{window}]))"
     # No failure yet means no failure series at all: count it as zero, not as "no data".
-    return f"(\n  {failures}\n  or\n  0 * {runs}\n)\n/\n{runs}"
+    scheduled = f"(\n  {failures}\n  or\n  0 * {runs}\n)\n/\n{runs}"
+    on_demand = f"1 - avg by ({BY}) (avg_over_time(whoasr_probe_success{{{match}}}[{window}]))"
+    return f"(\n{scheduled}\n)\nor\n{on_demand}"
 
 
 def _p95(metric: str, by: str, window: str, match: str = "") -> str:
     selector = f"{{{match}}}" if match else ""
-    return f"histogram_quantile(0.95, sum by ({by}, le) (rate({metric}_bucket{selector}[{window}])))"
+    scheduled = f"histogram_quantile(0.95, sum by ({by}, le) (rate({metric}_bucket{selector}[{window}])))"
+    on_demand = f"max by ({by}) (quantile_over_time(0.95, {RUN_GAUGES[metric]}{selector}[{window}]))"
+    return f"{scheduled}\nor\n{on_demand}"
+
+
+def _cer(kind: str, window: str) -> str:
+    match = f'probe="{kind}"'
+    scheduled = (f"sum by ({BY}) (rate(whoasr_probe_character_errors_total{{{match}}}[{window}]))\n/\n"
+                 f"sum by ({BY}) (rate(whoasr_probe_reference_characters_total{{{match}}}[{window}]))")
+    on_demand = f"avg by ({BY}) (avg_over_time(whoasr_probe_character_error_rate{{{match}}}[{window}]))"
+    return f"(\n{scheduled}\n)\nor\n{on_demand}"
 
 
 def sli_rules(config: Config) -> list[dict]:
-    """One recorded series per SLI and window, labelled job, target and probe."""
+    """One recorded series per SLI and window, labelled job, target and probe, in either mode."""
     rules = []
     for kind in PROBE_KINDS:
         w = duration(rate_window(config, kind))
@@ -175,18 +196,47 @@ def sli_rules(config: Config) -> list[dict]:
                           "labels": {"probe": kind}})
         if KINDS[kind].measures_accuracy:
             cw = duration(cer_window(config, kind))
-            match = f'probe="{kind}"'
-            rules.append({
-                "record": cer_name(cw),
-                "expr": f"sum by ({BY}) (rate(whoasr_probe_character_errors_total{{{match}}}[{cw}]))\n/\n"
-                        f"sum by ({BY}) (rate(whoasr_probe_reference_characters_total{{{match}}}[{cw}]))",
-                "labels": {"probe": kind},
-            })
+            rules.append({"record": cer_name(cw), "expr": _cer(kind, cw), "labels": {"probe": kind}})
     w = duration(rate_window(config, "stream"))
     for metric in ("whoasr_stream_first_result_seconds", "whoasr_stream_result_lag_seconds"):
-        rules.append({"record": p95_name(metric, w), "expr": _p95(metric, "job, target", w),
+        # The scheduled histograms carry no probe label; the relabelled /probe gauges carry probe="stream".
+        scheduled = _p95(metric, "job, target", w).split("\nor\n")[0]
+        on_demand = (f"max by (job, target) (quantile_over_time(0.95, "
+                     f'{RUN_GAUGES[metric]}{{probe="stream"}}[{w}]))')
+        rules.append({"record": p95_name(metric, w), "expr": f"{scheduled}\nor\n{on_demand}",
                       "labels": {"probe": "stream"}})
+    rules.append({"record": AGE_NAME, "expr": _age(config)})
     return rules
+
+
+AGE_NAME = "whoasr:probe_last_run:age_seconds"
+
+
+def _age(config: Config) -> str:
+    """Seconds since a probe last ran. Multi-target mode: since the newest /probe result Prometheus got
+    (a scrape the exporter did not answer ran nothing), looked for over twice `stale_after`."""
+    kinds = "|".join(PROBE_KINDS)
+    lookback = duration(2 * config.thresholds.stale_after)
+    scheduled = f"time() - max by ({BY}) (whoasr_probe_last_run_timestamp_seconds)"
+    on_demand = (f"time() - max by ({BY}) "
+                 f'(max_over_time(timestamp(whoasr_probe_success{{probe=~"{kinds}"}})[{lookback}:1m]))')
+    return f"{scheduled}\nor\n{on_demand}"
+
+
+def _model_not_loaded() -> str:
+    """A model a probe needs reported as not loaded. Scheduled mode lists the scheduled probes and their
+    models in whoasr_probe_info; multi-target mode has no such list, so a probe counts as scheduled where
+    Prometheus has its /probe results for the target, and its model comes from the kinds' registry."""
+    branches = ["whoasr_probe_info and on (job, instance, target, model) (whoasr_model_loaded == 0)"]
+    for kind in PROBE_KINDS:
+        model = KINDS[kind].model
+        if model:
+            branches.append(
+                f'label_replace(max by (job, instance, target, model) (whoasr_model_loaded{{model="{model}"}}) == 0, '
+                f'"probe", "{kind}", "", "")\nand on (target)\n'
+                f'group by (target) (whoasr_probe_success{{probe="{kind}"}})'
+            )
+    return "\nor\n".join(branches)
 
 
 def alert_groups(config: Config, links: Links) -> list[dict]:
@@ -246,7 +296,7 @@ def alert_groups(config: Config, links: Links) -> list[dict]:
         ),
         Alert(
             "WhoasrProbeModelNotLoaded", "critical",
-            "whoasr_probe_info and on (job, instance, target, model) (whoasr_model_loaded == 0)",
+            _model_not_loaded(),
             long_,
             "Model {{ $labels.model }} is not loaded on {{ $labels.target }}.",
             f"{{{{ $labels.target }}}} has reported its {{{{ $labels.model }}}} model as not loaded for "
@@ -285,7 +335,9 @@ def alert_groups(config: Config, links: Links) -> list[dict]:
         match = f'probe="{kind}"'
         hold = failing_for(config, kind)
         w = duration(rate_window(config, kind))
-        reason = _reason_query("whoasr_probe_last_failure_info{job=%q,target=%q,probe=%q}")
+        # scheduled mode's last failure, or multi-target mode's failure of the last run
+        reason = _reason_query("whoasr_probe_last_failure_info{job=%q,target=%q,probe=%q} or "
+                               "whoasr_probe_failure_info{job=%q,target=%q,probe=%q}", 2)
         probes.append(
             Alert(
                 "WhoasrProbeFailing", "critical",
@@ -297,7 +349,9 @@ def alert_groups(config: Config, links: Links) -> list[dict]:
             )
         )
         reason = _reason_query(
-            f"topk(1, sum by (reason) (increase(whoasr_probe_failures_total{{job=%q,target=%q,probe=%q}}[{w}])))"
+            f"topk(1, sum by (reason) (increase(whoasr_probe_failures_total{{job=%q,target=%q,probe=%q}}[{w}])) "
+            f"or sum by (reason) (count_over_time(whoasr_probe_failure_info{{job=%q,target=%q,probe=%q}}[{w}])))",
+            2,
         )
         probes.append(
             Alert(
@@ -361,8 +415,7 @@ def alert_groups(config: Config, links: Links) -> list[dict]:
     probes.append(
         Alert(
             "WhoasrProbesStale", "warning",
-            "time() - max by (job, target, probe) (whoasr_probe_last_run_timestamp_seconds) > "
-            f"{number_text(t.stale_after)}",
+            f"{AGE_NAME} > {number_text(t.stale_after)}",
             short,
             "The {{ $labels.probe }} probe on {{ $labels.target }} has stopped running.",
             "No {{ $labels.probe }} probe run on {{ $labels.target }} has finished for "

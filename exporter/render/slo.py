@@ -109,20 +109,37 @@ class SLO:
 
     def sli_error(self, window: str) -> str:
         """Ratio of bad runs in the window, per job, target and probe; NaN (no alert) when no run
-        finished in it."""
+        finished in it. Scheduled mode's counters and histograms, or else (multi-target mode) the
+        relabelled /probe gauges of each run."""
         sel = {"probe": self.probe}
         if self.kind == "availability":
             runs = f"sum by ({BY}) (rate(whoasr_probe_runs_total{selector(sel)}[{window}]))"
             failures = f"sum by ({BY}) (rate(whoasr_probe_failures_total{selector(sel)}[{window}]))"
             # No failure yet means no failure series at all: count it as zero, not as "no data".
-            return f"(\n  {failures}\n  or\n  0 * {runs}\n)\n/\n{runs}"
+            scheduled = f"(\n  {failures}\n  or\n  0 * {runs}\n)\n/\n{runs}"
+            on_demand = f"1 - avg by ({BY}) (avg_over_time(whoasr_probe_success{selector(sel)}[{window}]))"
+            return f"(\n{scheduled}\n)\nor\n{on_demand}"
         metric = self.latency_metric
         # The voice-path histograms carry no probe label: select none, add it by the rule's labels.
-        sel = sel if metric == "whoasr_probe_duration_seconds" else {}
-        by = BY if sel else "job, target"
-        total = f"sum by ({by}) (rate({metric}_count{selector(sel) if sel else ''}[{window}]))"
-        good = f"sum by ({by}) (rate({metric}_bucket{selector({**sel, 'le': self.latency_le})}[{window}]))"
-        return f"(\n  {total}\n  -\n  {good}\n)\n/\n{total}"
+        hsel = sel if metric == "whoasr_probe_duration_seconds" else {}
+        by = BY if hsel else "job, target"
+        total = f"sum by ({by}) (rate({metric}_count{selector(hsel) if hsel else ''}[{window}]))"
+        good = f"sum by ({by}) (rate({metric}_bucket{selector({**hsel, 'le': self.latency_le})}[{window}]))"
+        scheduled = f"(\n  {total}\n  -\n  {good}\n)\n/\n{total}"
+        # One /probe gauge per run: the share of the window's minutes whose latest run was too slow.
+        gauge = RUN_GAUGES[metric]
+        bound = number_text(self.latency_seconds)
+        on_demand = (f"avg by ({by}) (avg_over_time(({gauge}{selector(sel)} > bool {bound})"
+                     f"[{window}:1m]))")
+        return f"(\n{scheduled}\n)\nor\n{on_demand}"
+
+
+# Scheduled mode's histogram -> multi-target mode's /probe gauge of one run (rules.py reads it too).
+RUN_GAUGES = {
+    "whoasr_probe_duration_seconds": "whoasr_probe_run_duration_seconds",
+    "whoasr_stream_first_result_seconds": "whoasr_stream_run_first_result_seconds",
+    "whoasr_stream_result_lag_seconds": "whoasr_stream_run_result_lag_seconds",  # the run's largest lag
+}
 
 
 def latency_le(seconds: float) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -88,6 +88,11 @@ class Stack:
     webhook: WebhookReceiver
     render_dir: Path
     simulators: dict[str, Simulator] = field(default_factory=dict)
+    multi_prometheus: str = ""  # the Prometheus that scrapes /probe (multi-target mode)
+
+    def multi_target(self) -> "Stack":
+        """The same stack seen through the multi-target Prometheus."""
+        return replace(self, prometheus=self.multi_prometheus)
 
     # --- Prometheus -----------------------------------------------------------------------------------
     def query(self, expr: str) -> list[dict]:
@@ -186,7 +191,9 @@ def exporter_config(simulators: dict[str, Simulator], port: int) -> dict:
         targets.append(target)
     exporter = f"http://{LOOPBACK}:{port}"
     return {
-        "exporter": {"listen": f"{LOOPBACK}:{port}", "log_format": "json", "log_level": "info"},
+        # Multi-target mode probes the simulators by URL, as Prometheus's file_sd hands them over.
+        "exporter": {"listen": f"{LOOPBACK}:{port}", "log_format": "json", "log_level": "info",
+                     "allowed_targets": [r"http://127\.0\.0\.1:\d+"], "max_concurrent_probes": 64},
         "targets": targets,
         "schedules": SCHEDULES,
         "thresholds": {"for_short": f"{FOR_SHORT}s", "for_long": f"{FOR_LONG}s"},
@@ -201,6 +208,52 @@ def prometheus_config(rules: Path, exporter_port: int, alertmanager_port: int) -
         "rule_files": [str(rules)],
         "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"{LOOPBACK}:{alertmanager_port}"]}]}]},
         "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": [f"{LOOPBACK}:{exporter_port}"]}]}],
+    }
+
+
+# Multi-target mode: a second Prometheus scrapes /probe?target=URL&module=KIND with the job of
+# deploy/prometheus/multi-target.yml (its relabelling as shipped); module -> (targets, interval, timeout).
+MULTI_JOB = "whoasr-probe"
+# Simulators of their own, not in the exporter's config (a target probed in both modes would have its
+# /health scrapes and sessions queue behind each other's, exporter/gate.py): name -> simulator API.
+# /health waits for the target's probes in flight, so no target gets both the health module and the
+# 5 s real-time stream here (the e2e timeouts are short); mt-stream carries the healthy voice path.
+MULTI_TARGETS = {"mt-v1": "v1", "mt-v2": "v2", "mt-stream": "v2", "mt-down": "v2", "mt-model": "v2",
+                 "mt-slow": "v2", "mt-cpu": "v2"}
+MULTI_HEALTHY = ("mt-v1", "mt-v2", "mt-stream")
+MULTI_MODULES = {
+    "health": (("mt-v1", "mt-v2", "mt-down", "mt-cpu"), "2s", "1s"),
+    "model_info": (("mt-v1", "mt-v2", "mt-stream", "mt-model"), "2s", "1s"),
+    "batch": (("mt-v1", "mt-v2", "mt-slow"), "10s", "9s"),
+    "stream": (("mt-stream", "mt-model"), "9s", "8s"),
+    "punctuation": (("mt-v1", "mt-v2"), "3s", "2s"),
+    "vad": (("mt-v1", "mt-v2"), "3s", "2s"),
+    "timestamp": (("mt-v1", "mt-v2"), "3s", "2500ms"),
+}
+MULTI_TARGET_SHIPPED = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "multi-target.yml"
+
+
+def multi_target_files(simulators: dict[str, Simulator]) -> list[dict]:
+    """file_sd groups like deploy/prometheus/targets/whoasr.yml: one per module, with its own pace."""
+    return [{"labels": {"__param_module": module, "__scrape_interval__": interval, "__scrape_timeout__": timeout},
+             "targets": [simulators[name].url for name in names]}
+            for module, (names, interval, timeout) in MULTI_MODULES.items()]
+
+
+def multi_target_prometheus_config(rules: Path, targets_file: Path, exporter_port: int,
+                                   alertmanager_port: int) -> dict:
+    """The shipped multi-target job, with only its file_sd path and the exporter's address changed."""
+    shipped = yaml.safe_load(MULTI_TARGET_SHIPPED.read_text(encoding="utf-8"))
+    job = next(j for j in shipped["scrape_configs"] if j["job_name"] == MULTI_JOB)
+    job["file_sd_configs"] = [{"files": [str(targets_file)], "refresh_interval": "5s"}]
+    for rule in job["relabel_configs"]:
+        if rule.get("target_label") == "__address__":
+            rule["replacement"] = f"{LOOPBACK}:{exporter_port}"
+    return {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(rules)],
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"{LOOPBACK}:{alertmanager_port}"]}]}]},
+        "scrape_configs": [job],
     }
 
 
