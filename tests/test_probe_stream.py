@@ -430,3 +430,47 @@ async def test_a_cancelled_run_closes_its_socket_with_a_close_frame(sim, kind):
             await task
         assert not session.connector._acquired
     server_closed(sim, kind)
+
+
+async def test_a_flooding_server_cannot_fill_memory_with_unread_messages():
+    """A server that sends megabytes of results faster than they are handled (here: nothing is taken at
+    all): what is unread stays within MAX_UNREAD_CHARS, then the socket's reader stops with bad_response."""
+    from aiohttp import web
+
+    from exporter.probes.websocket import MAX_UNREAD_CHARS
+
+    piece = "洪" * 300_000  # ~900 KB as JSON text, under the 1 MiB message cap
+    sent = []
+
+    async def flood(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=4 << 20)
+        await ws.prepare(request)
+        for _ in range(MAX_UNREAD_CHARS // len(piece) + 4):
+            await ws.send_str(json.dumps({"type": "recognition_result", "text": piece, "is_final": False},
+                                         ensure_ascii=False))
+            sent.append(1)
+        async for _ in ws:  # until the client goes
+            pass
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws/{client_id}", flood)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, LOOPBACK, port).start()
+    session = new_session()
+    try:
+        client = TargetClient(session, TargetConfig(name="flood", url=f"http://{LOOPBACK}:{port}"))
+        socket = websocket._Socket(await client.ws_connect("/ws/x", 5.0), "flood reader")
+        await asyncio.wait_for(socket.reader, 10)  # it stops by itself once the bound is reached
+        assert socket.unread_chars <= MAX_UNREAD_CHARS
+        items = [socket.take_nowait() for _ in range(socket.inbox.qsize())]
+        assert all(item.message is not None for item in items[:-1])
+        assert items[-1].failure is not None and items[-1].failure.reason == "bad_response"
+        assert "faster than it could be read" in items[-1].failure.detail
+        assert socket.unread_chars == 0 and len(items) - 1 < len(sent)
+        await socket.close()
+    finally:
+        await session.close()
+        await runner.cleanup()

@@ -26,6 +26,7 @@ from exporter.probes import ProbeContext, failed
 from exporter.probes.result_lag import MAX_RESULTS, ResultLagClock, speech_strides
 from exporter.results import Failure, ProbeResult, StreamTimings, redact
 
+MAX_UNREAD_CHARS = 2 << 20  # text of the messages received and not yet handled, in all (each is at most 1 MiB)
 CLOSE_SECONDS = 1.0  # closing a socket must fit in run_probe's guard time, even against a silent server
 STOP_SECONDS = 0.25  # after a timeout: how long sending the stop message may take
 _NOT_LOADED = re.compile(r"\bnot\s+loaded\b", re.IGNORECASE)
@@ -149,6 +150,7 @@ class _Incoming:
     at: float  # loop time of arrival
     message: Optional[dict[str, Any]] = None
     failure: Optional[Failure] = None  # a bad frame or the socket's end; nothing follows it
+    size: int = 0  # characters of the frame, counted against MAX_UNREAD_CHARS until taken
 
 
 class _Socket:
@@ -157,7 +159,18 @@ class _Socket:
     def __init__(self, ws: aiohttp.ClientWebSocketResponse, name: str):
         self.ws = ws
         self.inbox: asyncio.Queue[_Incoming] = asyncio.Queue()
+        self.unread_chars = 0  # what arrived and was not taken yet: bounded by MAX_UNREAD_CHARS
         self.reader = asyncio.create_task(self._read(), name=name)
+
+    def take_nowait(self) -> _Incoming:
+        item = self.inbox.get_nowait()
+        self.unread_chars -= item.size
+        return item
+
+    async def take(self) -> _Incoming:
+        item = await self.inbox.get()
+        self.unread_chars -= item.size
+        return item
 
     async def _read(self) -> None:
         loop = asyncio.get_running_loop()
@@ -179,6 +192,14 @@ class _Socket:
                 code = self.ws.close_code
                 item = _Incoming(at, failure=Failure(
                     "closed_early", f"the server closed the socket (code {code})" if code else "the socket closed"))
+            if item.failure is None and frame.type is aiohttp.WSMsgType.TEXT:
+                item.size = len(frame.data)
+                if self.unread_chars + item.size > MAX_UNREAD_CHARS:
+                    item = _Incoming(at, failure=Failure(
+                        "bad_response", f"the server sent more than {MAX_UNREAD_CHARS:,} characters faster than "
+                                        "it could be read"))
+                else:
+                    self.unread_chars += item.size
             self.inbox.put_nowait(item)
             if item.failure:
                 return
@@ -364,7 +385,7 @@ class Session:
 
     def _drain(self) -> None:
         while not self.socket.inbox.empty():
-            self._handle(self.socket.inbox.get_nowait())
+            self._handle(self.socket.take_nowait())
 
     async def _collect(self, done: Callable[[], bool], what: str) -> None:
         """Handles messages until done() or the run's deadline.
@@ -376,7 +397,7 @@ class Session:
         try:
             async with asyncio.timeout(limit):
                 while not done():
-                    self._handle(await self.socket.inbox.get())
+                    self._handle(await self.socket.take())
         except TimeoutError:
             step = "first_result" if self.phase == "final" and not self.results else self.phase
             raise Failure("timeout", f"no {what} within {limit:.2f} s", step=step) from None
