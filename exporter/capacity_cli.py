@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import ipaddress
 import json
 import signal
 import sys
+from pathlib import Path
 from typing import Optional, TextIO
 from urllib.parse import urlsplit
 
@@ -139,6 +141,8 @@ def _clip(config: Config) -> Clip:
     if clip.duration_seconds + 2.0 > timeout:
         raise UsageError(f"the clip lasts {clip.duration_seconds:.1f} s, too long for schedules.stream.timeout "
                          f"{timeout:g}s: use a shorter clip or raise the timeout")
+    if settings.clip in config.clips:  # shown by its file's name (a --clip has a made-up config name)
+        clip = dataclasses.replace(clip, name=Path(config.clips[settings.clip].path).name)
     return clip
 
 

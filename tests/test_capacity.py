@@ -14,12 +14,14 @@ import time
 from collections import Counter
 
 import pytest
+import soundfile
 
 from exporter import capacity_cli, cli
 from exporter.capacity import MAX_SAMPLES, Level, Outcome, Plan, Samples, Slo, levels
+from exporter.clips import builtin_clip
 from exporter.results import ProbeResult, StreamTimings
 from exporter.simulator.compute import SharedCompute
-from tests.support import ManagedProcess, exporter_cmd, free_port, sim_stats, start_simulator, wait_until
+from tests.support import exporter_cmd, free_port, sim_stats, start_simulator, wait_until
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -82,6 +84,20 @@ def test_table_names_the_answer(saturable):
     row = lines[3].split()
     assert row[0] == "2" and row[2] == "0" and row[-1] == "ok"
     assert "max streams within SLO: 2 (no limit reached: raise --max-streams to find the knee)" in run.stdout
+
+
+def test_a_short_clip_of_ones_own(saturable, tmp_path):
+    """--clip/--transcript: 2.5 s of the built-in clip (the simulator hears its transcript in any speech)."""
+    clip = builtin_clip()
+    short = tmp_path / "short.wav"
+    soundfile.write(short, clip.samples[: 40000], 16000)
+    run = capacity("--target", saturable, "--max-streams", "2", "--step", "2", "--hold", "1s", "--format", "json",
+                   "--clip", str(short), "--transcript", clip.transcript)
+    assert run.returncode == 0, run.stderr
+    document = json.loads(run.stdout)
+    assert document["clip"] == {"name": "short.wav", "seconds": 2.5}
+    (level,) = document["levels"]
+    assert level["sessions"] == 2 and level["errors"] == {} and level["cer"] == 0.0 and level["within_slo"]
 
 
 def test_ctrl_c_stops_every_session_and_prints_what_was_measured(saturable, tmp_path):
