@@ -426,3 +426,28 @@ async def test_upload_part_satisfies_both_generations():
     body = b"".join(chunks)
     assert b'filename="probe.wav"' in body and b"Content-Type: audio/wav" in body
     assert b'name="batch_size_s"' in body and b"hotword" not in body
+
+
+async def test_timestamp_sends_the_short_clip_and_v2_keeps_the_upload(v2):
+    """whoAsr v2 never deletes a /timestamp/predict upload: the simulator counts what each run leaves,
+    and the probe's default clip keeps that to one short file."""
+    from exporter.clips import builtin_clip_bytes
+    from exporter.kinds import TimestampProbe
+
+    short = builtin_clip(TimestampProbe().clip)
+    assert short.duration_seconds <= 1.5
+    result = await probe(v2, "timestamp", clip=short)
+    assert result.success, (result.reason, result.detail, result.trace)
+    assert sim_stats(v2)["leaked_uploads"] == {"files": 1, "bytes": builtin_clip_bytes("short")}
+    sim_model(v2, "timestamp", loaded=False)  # a failed request leaves nothing only if refused before the save
+    result = await probe(v2, "timestamp", clip=short)
+    assert_failed(result, "model_not_loaded")
+    assert sim_stats(v2)["leaked_uploads"]["files"] == 1
+
+
+@APPLICABLE
+async def test_other_probes_leave_no_upload_behind(sim, kind):
+    _, url = sim
+    result = await probe(url, kind)
+    assert result.success
+    assert sim_stats(url)["leaked_uploads"]["files"] == (1 if kind == "timestamp" else 0)
