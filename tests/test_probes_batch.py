@@ -32,6 +32,7 @@ pytestmark = pytest.mark.timeout(20)
 KINDS_V1 = ("batch", "punctuation", "vad")  # timestamp does not apply to v1
 CLIP = builtin_clip()
 SLACK = 0.15  # how far above an injected latency a run may end
+ON_DEMAND_MODEL = {"batch": "offline_asr", "punctuation": "punctuation"}  # what whoAsr loads on a request
 ENDPOINT = {"batch": "recognize", "punctuation": "punctuation", "vad": "vad", "timestamp": "timestamp"}
 
 
@@ -238,7 +239,9 @@ async def test_hang_is_timeout_within_bound(sim, kind):
     sim_fault(url, ENDPOINT[kind], hang=True)
     result = await probe(url, kind, timeout=0.5)
     assert_failed(result, "timeout")
-    assert 0.5 <= result.duration_seconds <= 0.5 + SLACK
+    # batch and punctuation leave their fresh /model/info read (about a millisecond) out of the duration
+    floor = 0.5 - (0.05 if kind in ON_DEMAND_MODEL else 0.0)
+    assert floor <= result.duration_seconds <= 0.5 + SLACK
 
 
 async def test_model_exception(sim):
@@ -280,7 +283,6 @@ async def test_silence_is_empty_transcript_counted_as_all_wrong(sim):
 
 
 ON_DEMAND = pytest.mark.parametrize("kind", ["batch", "punctuation"])
-ON_DEMAND_MODEL = {"batch": "offline_asr", "punctuation": "punctuation"}
 
 
 def on_demand_loads(url: str) -> dict[str, int]:
