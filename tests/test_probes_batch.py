@@ -230,7 +230,8 @@ async def test_latency_beyond_timeout_is_timeout(sim, kind):
     sim_fault(url, ENDPOINT[kind], latency=1.0)
     result = await probe(url, kind, timeout=0.4)
     assert_failed(result, "timeout")
-    assert 0.4 <= result.duration_seconds <= 0.4 + SLACK
+    floor = 0.4 - (0.05 if kind in ON_DEMAND_MODEL else 0.0)  # the model_info read is not in the duration
+    assert floor <= result.duration_seconds <= 0.4 + SLACK
 
 
 @APPLICABLE

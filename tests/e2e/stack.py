@@ -185,8 +185,8 @@ def exporter_config(simulators: dict[str, Simulator], port: int, short_clip: Pat
         "schedules": SCHEDULES,
         "thresholds": {"response_time_seconds": RESPONSE_TIME_SECONDS,
                        "for_short": f"{FOR_SHORT}s", "for_long": f"{FOR_LONG}s"},
-        "clips": {"short": {"path": str(short_clip), "transcript": builtin_clip().transcript}},
-        "probes": {"stream": {"clip": "short"}},
+        "clips": {"voice": {"path": str(short_clip), "transcript": builtin_clip().transcript}},
+        "probes": {"stream": {"clip": "voice"}},
     }
 
 
