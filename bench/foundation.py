@@ -1,6 +1,7 @@
-"""Foundation figures: /metrics render time with 200 targets, idle RSS, scheduler lag with 1,000 targets.
+"""Foundation figures: /metrics render time with 200 targets, idle RSS, scheduler lag with 1,000 targets,
+and RSS with 1,000 targets x 5 probes once the history is full.
 
-    python bench/foundation.py [--lag-seconds 45]
+    python bench/foundation.py [--lag-seconds 45] [--only history]
 
 Targets: /metrics p99 < 20 ms with 200 targets; idle RSS < 60 MB; scheduler lag p99 < 1 s with 1,000
 targets scraped every 15 s (all on this 2-core machine). Everything runs on 127.0.0.1 and stops by pid.
@@ -9,6 +10,7 @@ targets scraped every 15 s (all on this 2-core machine). Everything runs on 127.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -116,6 +118,76 @@ def busy_exposition(count: int):
     return exposition
 
 
+def history_child(hostile: bool, keep: bool = True) -> None:
+    """In a process of its own: the daemon's state, exposition and history for 1,000 targets x 5 probes
+    (and the imports a probing daemon has), fed 30 results per (target, probe), a third of them failures
+    with a 40-line trace; `hostile`: every transcript 100,000 characters and every trace 300 long lines;
+    not `keep`: the history left out, for the baseline. Prints RSS and the history's totals."""
+    import gc
+
+    import exporter.clips  # noqa: F401 - numpy, libsndfile: what a daemon that probes has loaded
+    import exporter.daemon  # noqa: F401
+    from exporter.accuracy import character_error_rate
+    from exporter.config import ExporterConfig
+    from exporter.history import History
+    from exporter.metrics import Exposition, process_registry
+    from exporter.results import Check, HealthState, ProbeResult, StreamTimings
+    from exporter.state import ExporterState
+
+    character_error_rate("今天", "今天")  # jiwer loaded too
+    kinds = ("batch", "stream", "punctuation", "vad", "timestamp")
+    names = [f"t{i:04d}" for i in range(1000)]
+    state = ExporterState()
+    state.set_targets({name: kinds for name in names})
+    exposition = Exposition(state, process_registry())
+    defaults = ExporterConfig()
+    history = History(defaults.history_size, defaults.history_failures_size, defaults.history_max_results,
+                      defaults.history_max_mib << 20)
+    models = {k: True for k in ("streaming_asr", "offline_asr", "punctuation", "vad", "timestamp")}
+    text = "今天天气很好我们去公园" * (9091 if hostile else 1)
+    trace_lines = 300 if hostile else 40
+    now = time.time()
+    for round_ in range(30):
+        for name in names:
+            state.record(ProbeResult(name, "health", True, now, 0.01, api="v2", version="1.0.0",
+                                     health=HealthState(status="healthy", version="1.0.0", models_loaded=models,
+                                                        total_loaded=5, cpu_ratio=0.1)))
+            for kind in kinds:
+                ok = (round_ + hash(name)) % 3 != 0
+                trace = [f"{i * 0.01:8.3f}s  {'<- partial result ' * (8 if hostile else 1)}{i}"
+                         for i in range(trace_lines)] if not ok else []
+                result = ProbeResult(name, kind, ok, now + round_, 0.5, reason=None if ok else "timeout",
+                                     detail="" if ok else "POST /offline/recognize: no complete answer within 30s",
+                                     transcript=text, expected_transcript="今天天气很好我们去公园",
+                                     cer=0.0, character_errors=0, reference_characters=11, audio_seconds=5.19,
+                                     processing_seconds=0.1, checks=[Check("cer", ok, "CER 0.000 (0/11)")],
+                                     trace=trace,
+                                     stream=StreamTimings(0.001, 0.5, 0.01, 8) if kind == "stream" else None)
+                state.record(result)
+                if keep:
+                    history.record(result)
+    exposition.render()
+    gc.collect()
+    rss = rss_mb(os.getpid())
+    what = "hostile (100,000-character transcripts, 300-line traces)" if hostile else "typical"
+    if not keep:
+        what = "history left out (baseline)"
+    print(f"1,000 targets x 5 probes, history full, {what}: RSS {rss:.1f} MB; history {history.results_total} "
+          f"results, ~{history.bytes_total / 2**20:.1f} MiB estimated, {history.evicted_total} evicted")
+
+
+def bench_history(tmp: Path) -> None:
+    for variant in ("--no-history", "", "--hostile"):
+        log = tmp / f"history{variant}.log"
+        child = Child([sys.executable, str(Path(__file__).resolve()), "--history-child", *filter(None, [variant])],
+                      str(log))
+        try:
+            child.proc.wait(timeout=600)
+        finally:
+            child.stop()
+        print(log.read_text().strip())
+
+
 def bench_idle(tmp: Path) -> None:
     port = free_port()
     config = tmp / "idle.yaml"
@@ -156,7 +228,19 @@ def bench_lag(tmp: Path, sim_urls: list[str], seconds: float) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lag-seconds", type=float, default=45.0)
+    parser.add_argument("--only", choices=["history"], help="run one part only")
+    parser.add_argument("--history-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--hostile", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--no-history", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.history_child:
+        history_child(args.hostile, keep=not args.no_history)
+        return 0
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if args.only == "history":
+        with tempfile.TemporaryDirectory() as tmp:
+            bench_history(Path(tmp))
+        return 0
     sims = []
     try:
         for _ in range(2):
@@ -165,6 +249,7 @@ def main() -> int:
             bench_idle(Path(tmp))
             bench_metrics(Path(tmp), sims[0][1])
             bench_lag(Path(tmp), [url for _, url in sims], args.lag_seconds)
+            bench_history(Path(tmp))
     finally:
         for child, _ in sims:
             child.stop()

@@ -1,4 +1,4 @@
-"""`whoasr-exporter` command line: serve, check-config, simulate, demo, probe, render, report.
+"""`whoasr-exporter` command line: serve, check-config, simulate, demo, probe, render, report, capacity.
 
 Exit codes: 0 success, 1 a probe or the run failed, 2 usage or config errors.
 """
@@ -62,6 +62,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return report_cli.run(args)
 
 
+def _cmd_capacity(args: argparse.Namespace) -> int:
+    from exporter import capacity_cli
+
+    return capacity_cli.run(args)
+
+
 def build_parser(selected: Optional[str] = None) -> argparse.ArgumentParser:
     """The parser; `selected` names the subcommand whose own module is imported for its arguments."""
     parser = argparse.ArgumentParser(
@@ -106,6 +112,10 @@ def build_parser(selected: Optional[str] = None) -> argparse.ArgumentParser:
                                                     "models, probes, SLO budgets, alerts")
     _add_lazy_arguments(report_cmd, "exporter.report_cli", selected == "report")
     report_cmd.set_defaults(func=_cmd_report)
+
+    capacity = commands.add_parser("capacity", help="find how many concurrent real-time streams a target serves")
+    _add_lazy_arguments(capacity, "exporter.capacity_cli", selected == "capacity")
+    capacity.set_defaults(func=_cmd_capacity)
     return parser
 
 

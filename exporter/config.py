@@ -89,6 +89,8 @@ class ExporterConfig(_Strict):
     max_concurrent_probes: int = Field(default=8, ge=1, le=256)
     history_size: int = Field(default=20, ge=1, le=1000)
     history_failures_size: int = Field(default=50, ge=1, le=1000)
+    history_max_results: int = Field(default=10_000, ge=10, le=1_000_000)  # all targets and probes together
+    history_max_mib: int = Field(default=64, ge=1, le=4096)  # estimated memory of the kept results
     shutdown_grace: Duration = 10.0
     shard: Optional[str] = None  # "I/N": probe only the targets that hash to shard I of N (--shard wins)
     web: WebConfig = Field(default_factory=WebConfig)
@@ -267,6 +269,7 @@ class Thresholds(_Strict):
     response_time_seconds: float = Field(default=5.0, gt=0)
     error_rate_percent: Percent = 10
     stream_first_result_seconds: float = Field(default=2.0, gt=0)
+    stream_result_lag_seconds: float = Field(default=1.0, gt=0)
     character_error_rate: float = Field(default=0.2, ge=0, le=1)
     slo_availability_percent: float = Field(default=99.0, gt=0, lt=100)
     slo_latency_percent: float = Field(default=95.0, gt=0, lt=100)
@@ -281,6 +284,33 @@ class Thresholds(_Strict):
             if crit < warn:
                 raise ValueError(f"{name}_critical_percent ({crit:g}) is below {name}_percent ({warn:g})")
         return self
+
+
+def _base_url(value: Optional[str]) -> Optional[str]:
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http(s):// base URL like http://grafana.example.org:3000, got {value!r}")
+    if parts.query or parts.fragment:
+        raise ValueError("expected a base URL without query string or fragment")
+    return value.rstrip("/")
+
+
+class Links(_Strict):
+    """Where people reach the exporter, Grafana and the runbook: the alerts' links are built from these."""
+
+    exporter: str = "http://localhost:9877"
+    grafana: str = "http://localhost:3000"
+    runbook: Optional[str] = None  # default: the exporter's own /runbook
+
+    @field_validator("exporter", "grafana", "runbook")
+    @classmethod
+    def _urls(cls, value: Optional[str]) -> Optional[str]:
+        return _base_url(value)
+
+    def runbook_base(self) -> str:
+        return self.runbook or f"{self.exporter}/runbook"
 
 
 class ClipConfig(_Strict):
@@ -313,6 +343,7 @@ class Config(_Strict):
     thresholds: Thresholds = Field(default_factory=Thresholds)
     clips: dict[str, ClipConfig] = Field(default_factory=dict)
     probes: Probes = Field(default_factory=Probes)
+    links: Links = Field(default_factory=Links)
 
     @field_validator("targets")
     @classmethod

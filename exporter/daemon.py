@@ -18,7 +18,7 @@ from typing import Optional
 import aiohttp
 import structlog
 
-from exporter import logs, tls, websecurity
+from exporter import eventloop, logs, tls, websecurity
 from exporter.client import TargetClient, new_session
 from exporter.config import Config, ConfigError, TargetConfig, TLSConfig, load_config, load_config_or_report
 from exporter.discovery import POLL_SECONDS, TargetsFiles, merge_targets
@@ -48,7 +48,8 @@ class Daemon:
         self._watch: Optional[asyncio.Task] = None
         thresholds = config.thresholds
         self.state = ExporterState(thresholds.response_time_seconds, thresholds.stream_first_result_seconds)
-        self.history = History(config.exporter.history_size, config.exporter.history_failures_size)
+        self.history = History(config.exporter.history_size, config.exporter.history_failures_size,
+                               config.exporter.history_max_results, config.exporter.history_max_mib << 20)
         self.exposition = Exposition(self.state, process_registry())
         self.session: Optional[aiohttp.ClientSession] = None
         self.clients: dict[str, TargetClient] = {}
@@ -81,6 +82,8 @@ class Daemon:
         while True:
             await asyncio.sleep(POLL_SECONDS)
             discovery = self.discovery
+            if not discovery.patterns:
+                continue
             try:
                 changed = await asyncio.to_thread(discovery.refresh)
             except Exception as exc:  # noqa: BLE001 - the watcher must outlive any one bad read
@@ -95,6 +98,7 @@ class Daemon:
         self.ready = False
         if self._watch is not None:
             self._watch.cancel()
+            await asyncio.wait([self._watch], timeout=5.0)
         await self.scheduler.shutdown(self.config.exporter.shutdown_grace if grace is None else grace)
         if self.session is not None:
             await self.session.close()
@@ -139,7 +143,7 @@ class Daemon:
         self.clients = clients
         self.runner.keep_gates(set(clients))
         self.state.set_targets({t.name: t.enabled_probes() for t in self.targets})
-        self.history.forget_targets(set(clients))
+        self.history.keep((t.name, kind) for t in self.targets for kind in t.enabled_probes())
         plans = {}
         for target in self.targets:
             for kind in (*SCRAPE_KINDS, *target.enabled_probes()):
@@ -208,7 +212,8 @@ class Daemon:
 def settings_needing_restart(old: Config, new: Config) -> list[str]:
     """Settings a reload does not apply (the socket, TLS, logging and history are set up at start):
     reported, so that a changed one is not silently ignored. Basic auth users do apply on reload."""
-    settings = ["listen", "log_format", "log_level", "history_size", "history_failures_size"]
+    settings = ["listen", "log_format", "log_level", "history_size", "history_failures_size", "history_max_results",
+                "history_max_mib"]
     changed = [f"exporter.{name}" for name in settings
                if getattr(old.exporter, name) != getattr(new.exporter, name)]
     for name in ("tls_cert_file", "tls_key_file"):
@@ -223,7 +228,8 @@ async def serve(config: Config, config_path: Optional[str], host: str, port: int
     daemon = Daemon(config, config_path, shard)
     await daemon.start()
     runner = await start_server(daemon, host, port)
-    log.info("exporter listening", address=f"{host}:{port}", targets=len(daemon.targets), shard=str(daemon.shard))
+    log.info("exporter listening", address=f"{host}:{port}", targets=len(daemon.targets), shard=str(daemon.shard),
+             event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -243,6 +249,11 @@ async def serve(config: Config, config_path: Optional[str], host: str, port: int
     # Stop scheduling and stop listening at once; scheduled runs and /probe requests in flight get up to
     # `grace` to finish, then are cancelled. The shared session closes last, once nothing uses it.
     await asyncio.gather(daemon.scheduler.shutdown(grace), runner.cleanup())
+    # A reload still running (SIGHUP) is cancelled and awaited: shutdown ends every task it started.
+    for task in reloads:
+        task.cancel()
+    if reloads:
+        await asyncio.wait(reloads, timeout=5.0)
     await daemon.stop(grace=0)
     log.info("stopped")
     return 0
@@ -269,4 +280,4 @@ def main(config_path: str, listen: Optional[str] = None, log_format: Optional[st
     except websecurity.WebConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    return asyncio.run(serve(config, config_path, host.strip("[]") or "0.0.0.0", int(port), shard))
+    return eventloop.run(serve(config, config_path, host.strip("[]") or "0.0.0.0", int(port), shard))

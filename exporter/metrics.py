@@ -339,6 +339,10 @@ RESULT_FAMILIES = [Family(*spec) for spec in (
 )]
 
 
+# A scrape module answers with the run's gauges and the target-state families (built once, not per request).
+SCRAPE_RESULT_FAMILIES = RESULT_FAMILIES + [f for f in FAMILIES if f.name not in {r.name for r in RESULT_FAMILIES}]
+
+
 def render_result(result: ProbeResult, openmetrics: bool = False) -> bytes:
     out = Lines()
     if result.applicable:
@@ -357,7 +361,7 @@ def render_result(result: ProbeResult, openmetrics: bool = False) -> bytes:
         state.set_targets({result.target: ()})
         state.record_scrape(result)
         sections.append(target_state_lines(state.targets[result.target], target_labels={}).joined())
-        families += [f for f in FAMILIES if f.name not in {r.name for r in RESULT_FAMILIES}]
+        families = SCRAPE_RESULT_FAMILIES
     else:
         for family, value in (
             ("whoasr_probe_run_audio_seconds", result.audio_seconds),

@@ -82,16 +82,27 @@ def run(args: argparse.Namespace) -> int:
     rows = asyncio.run(run_modules(config, target, modules, args.timeout, reporter))
     success = all(row.passed for row in rows)
     if args.json:
-        document = {"target": _shown_target(args.target, target), "results": [row.to_dict() for row in rows],
+        document = {"target": shown_target(args.target, target), "results": [row.to_dict() for row in rows],
                     "success": success}
         print(json.dumps(document, ensure_ascii=False, indent=2))
     else:
-        print(render_table(_shown_target(args.target, target), rows))
+        print(render_table(shown_target(args.target, target), rows))
     return 0 if success else 1
 
 
 # --- arguments -> what to run ---------------------------------------------------------------------
 def prepare(args: argparse.Namespace) -> tuple[Config, TargetConfig, list[str]]:
+    config, target = config_and_target(args)
+    if args.module == "all":
+        modules = ["health", *target.enabled_probes()]  # a URL target: DEFAULT_PROBES
+    else:
+        modules = [args.module]
+    return config, target, modules
+
+
+def config_and_target(args: argparse.Namespace) -> tuple[Config, TargetConfig]:
+    """--config, --target and --clip/--transcript (shared with `capacity`): the config to run with and
+    the target, a configured one by name or a URL."""
     if bool(args.clip) != bool(args.transcript):
         raise UsageError("--clip and --transcript go together (the transcript is what the clip says)")
     if args.config:
@@ -112,13 +123,9 @@ def prepare(args: argparse.Namespace) -> tuple[Config, TargetConfig, list[str]]:
         except ValidationError as exc:
             raise UsageError(f"--target: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
     target = with_tls_flags(target, args)
-    if args.module == "all":
-        modules = ["health", *target.enabled_probes()]  # a URL target: DEFAULT_PROBES
-    else:
-        modules = [args.module]
     if args.clip:
         config = with_clip(config, args.clip, args.transcript)
-    return config, target, modules
+    return config, target
 
 
 TLS_FLAGS = {"ca_file": "--ca-file", "cert_file": "--cert-file", "key_file": "--key-file",
@@ -165,7 +172,7 @@ def with_clip(config: Config, path: str, transcript: str) -> Config:
     return config.model_copy(update={"clips": clips, "probes": probes})
 
 
-def _shown_target(given: str, target: TargetConfig) -> str:
+def shown_target(given: str, target: TargetConfig) -> str:
     return given if target.name == given else public_url(target.url)
 
 
@@ -216,9 +223,10 @@ class LiveTrace(Trace):
         super().__init__()
         self._sink = sink
 
-    def __call__(self, message: str) -> None:
-        super().__call__(message)
-        self._sink(self.lines[-1])
+    def __call__(self, message: str) -> str:
+        line = super().__call__(message)
+        self._sink(line)
+        return line
 
 
 class Reporter:

@@ -96,7 +96,12 @@ class ProbeHandler:
                                 headers=_PLAIN_HEADERS)
         try:
             trace = Trace()
-            result = await self.run(client, module, budget, trace)
+            if module == "health" and not debug:
+                # Requests that arrive while a /health of this target runs share the next one.
+                result = await self.daemon.runner.gate(client.name).on_demand_health.run(
+                    lambda: self.run(client, module, budget, trace))
+            else:
+                result = await self.run(client, module, budget, trace)
         finally:
             self.limiter.release()
         deliver(result, self.sinks, self.daemon.runner.errors)

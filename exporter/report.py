@@ -28,6 +28,7 @@ FORMATS = ("table", "markdown", "json")
 RESOURCES = ("cpu", "memory", "disk")
 QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
 SPARK_POINTS = 24  # points per sparkline: one character each
+SLI_POINTS = 2_000  # samples of an SLO's recorded SLI averaged over the range
 MAX_ALERT_POINTS = 10_000  # Prometheus refuses more than 11,000 points per series in a range query
 
 # Metric names the report reads (the metric contract; see README "Metrics").
@@ -141,13 +142,20 @@ class Queries:
 
     # SLOs: the rendered rules' series (Sloth names), averaged over the range as the rules average
     # their shortest-window SLI over the SLO period; but a NaN point (a window without runs) is skipped
-    # rather than turning the whole range into NaN. The subquery steps at the evaluation interval.
+    # rather than turning the whole range into NaN. The subquery samples the SLI at most
+    # SLI_POINTS times (a 30-day range at the evaluation interval would load millions of samples).
     def slo_error_ratio(self) -> str:
         sli = f"slo:sli_error:ratio_rate{SLI_WINDOWS[0]}{self.sel(sloth_service=SLO_SERVICE)}"
-        return f"avg_over_time(({sli} >= 0)[{self.window}:])"
+        step = max(1, math.ceil(self.range_seconds / SLI_POINTS))
+        return (f"avg by (sloth_id, sloth_slo, target, probe) "
+                f"(avg_over_time(({sli} >= 0)[{self.window}:{step}s]))")
 
-    def slo_meta(self, name: str) -> str:
-        return f"last_over_time({name}{self.sel(sloth_service=SLO_SERVICE)}[{self.window}])"
+    def slo_objective(self) -> str:
+        """Objectives per SLO; with a `target` label where the rules have one SLO per target, without
+        where one SLO covers the fleet (so no target filter here)."""
+        objective = f'slo:objective:ratio{{sloth_service="{SLO_SERVICE}"}}'
+        return (f"max by (sloth_id, sloth_slo, target, probe) "
+                f"(last_over_time({objective}[{self.window}]))")
 
     # Over time
     def success_over_time(self, step: str) -> str:
@@ -335,7 +343,7 @@ async def collect(api: PrometheusAPI, queries: Queries, end: float) -> Report:
                                            "whoasr_stream_run_first_result_seconds"),
         "result_lag": queries.stream_p95("whoasr_stream_result_lag_seconds", "whoasr_stream_run_result_lag_seconds"),
         "slo_error": queries.slo_error_ratio(),
-        "slo_objective": queries.slo_meta("slo:objective:ratio"),
+        "slo_objective": queries.slo_objective(),
     }
     for resource in RESOURCES:
         for stat in ("avg", "min", "max"):
@@ -414,7 +422,7 @@ async def collect(api: PrometheusAPI, queries: Queries, end: float) -> Report:
                 failed = sum(kind.failures.values())
                 kind.success_ratio = max(0.0, 1 - failed / kind.runs)
 
-    _attach_slos(targets, got["slo_error"], got["slo_objective"], target)
+    _attach_slos(queries, got["slo_error"], got["slo_objective"], target)
     _attach_over_time(got["success_over_time"], "success_over_time", spark_start, step, probe)
     _attach_over_time(got["p95_over_time"], "p95_over_time", spark_start, step, probe)
 
@@ -423,14 +431,23 @@ async def collect(api: PrometheusAPI, queries: Queries, end: float) -> Report:
                   alerts=alert_episodes(got["alerts"], alert_step, end), spark_step_seconds=step)
 
 
-def _attach_slos(targets, errors: list[Sample], objectives: list[Sample], target) -> None:
-    error_by_id = {s.labels.get("sloth_id"): finite(s.value) for s in errors}
-    for s in sorted(objectives, key=lambda s: s.labels.get("sloth_slo", "")):
-        name = s.labels.get("sloth_slo", "")
-        kind = name.rsplit("-", 1)[-1]
-        target(s.labels).slos.append(SLOReport(slo=name, probe=s.labels.get("probe", ""), kind=kind,
-                                               objective=finite(s.value),
-                                               error_ratio=error_by_id.get(s.labels.get("sloth_id"))))
+def _attach_slos(queries: Queries, errors: list[Sample], objectives: list[Sample], target) -> None:
+    """One SLOReport per (target, SLO): where the target has the SLO's recorded SLI, and where the rules
+    name the target in the SLO's objective (then also without SLI data: error ratio None)."""
+    objective_of = {(s.labels.get("sloth_id", ""), s.labels.get("target", "")): finite(s.value) for s in objectives}
+    found: dict[tuple[str, str], dict] = {}
+    for s in objectives:
+        name = s.labels.get("target", "")
+        if name and (not queries.targets or name in queries.targets):
+            found[(name, s.labels.get("sloth_id", ""))] = {**s.labels, "error": None}
+    for s in errors:
+        found[(s.labels.get("target", ""), s.labels.get("sloth_id", ""))] = {**s.labels, "error": finite(s.value)}
+    for (name, sloth_id), labels in sorted(found.items(), key=lambda kv: (kv[0][0], kv[1].get("sloth_slo", ""))):
+        objective = objective_of.get((sloth_id, name), objective_of.get((sloth_id, "")))
+        slo_name = labels.get("sloth_slo", sloth_id)
+        target(labels).slos.append(SLOReport(slo=slo_name, probe=labels.get("probe", ""),
+                                             kind=slo_name.rsplit("-", 1)[-1], objective=objective,
+                                             error_ratio=labels["error"]))
 
 
 def _attach_over_time(series: list[Series], attr: str, start: float, step: float, probe) -> None:

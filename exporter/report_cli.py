@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"whoasr-exporter report: {exc}", file=sys.stderr)
         return 2
     queries = Queries(range_seconds, names)
-    end = float(int(time.time()))
+    end = round(time.time(), 3)
     try:
         report = asyncio.run(_collect(url, timeout, headers, queries, end))
     except PrometheusError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -46,16 +47,40 @@ def redact(text: str, limit: int = ERROR_BODY_CHARS) -> str:
     return text[:limit]
 
 
+TRACE_LINE_CHARS = 300  # a server's message in a trace line is cut here
+TRACE_HEAD_LINES = 200  # the first lines of a run are kept ...
+TRACE_TAIL_LINES = 100  # ... and its last ones; those between are counted
+
+
 class Trace:
-    """A readable log of one run (requests, statuses, messages, timings, checks) for &debug=true."""
+    """A readable log of one run (requests, statuses, messages, timings, checks) for &debug=true.
+
+    Bounded whatever the server sends: lines are cut to TRACE_LINE_CHARS, and of a long run the first
+    TRACE_HEAD_LINES and the last TRACE_TAIL_LINES lines are kept."""
 
     def __init__(self, clock=time.monotonic):
         self._clock = clock
         self._start = clock()
-        self.lines: list[str] = []
+        self._head: list[str] = []
+        self._tail: deque[str] = deque(maxlen=TRACE_TAIL_LINES)
+        self._omitted = 0
 
-    def __call__(self, message: str) -> None:
-        self.lines.append(f"{self._clock() - self._start:8.3f}s  {message}")
+    def __call__(self, message: str) -> str:
+        line = f"{self._clock() - self._start:8.3f}s  {message}"
+        if len(line) > TRACE_LINE_CHARS:
+            line = line[:TRACE_LINE_CHARS - 1] + "…"
+        if len(self._head) < TRACE_HEAD_LINES:
+            self._head.append(line)
+        else:
+            if len(self._tail) == TRACE_TAIL_LINES:
+                self._omitted += 1
+            self._tail.append(line)
+        return line
+
+    @property
+    def lines(self) -> list[str]:
+        omitted = [f"          ... {self._omitted} lines omitted ..."] if self._omitted else []
+        return [*self._head, *omitted, *self._tail]
 
 
 @dataclass
@@ -131,6 +156,7 @@ class ProbeResult:
     detail: str = ""
     step: Optional[str] = None
     applicable: bool = True  # False: the probe does not apply to this target (e.g. timestamps on v1)
+    skipped: bool = False  # True: not started within its timeout (the target's gate); counted, not a run
     http_status: Optional[int] = None
     error_body: Optional[str] = None
     transcript: Optional[str] = None
@@ -191,6 +217,8 @@ class ProbeResult:
         if self.stream is not None:
             data["stream"] = {key: list(value) if isinstance(value, list) else value
                               for key, value in vars(self.stream).items()}
+        if self.skipped:
+            data["skipped"] = True
         if is_scrape(self.probe):
             data["api"] = self.api
             data["models_loaded"] = self.models_loaded()

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import nullcontext
 from typing import Callable, Optional
 
 from exporter.client import TargetClient
 from exporter.config import Config
-from exporter.gate import TargetGate
+from exporter.gate import GateBusy, TargetGate
 from exporter.internal_errors import InternalErrors
 from exporter.kinds import is_scrape
 from exporter.probes import ProbeContext, failed, run_probe
@@ -47,21 +48,41 @@ class Runner:
 
     async def _run(self, client: TargetClient, kind: str, timeout: float, trace: Optional[Trace],
                    progress: Optional[Callable[[str], None]]) -> ProbeResult:
-        if is_scrape(kind):
-            if kind == "health":
-                async with self.gate(client.name).exclusive():
-                    return await scrape(client, kind, timeout, trace)
-            return await scrape(client, kind, timeout, trace)
-        settings = self.config.probes.for_kind(kind)
-        async with self.gate(client.name).shared():
-            ctx = ProbeContext(client=client, settings=settings, timeout=timeout,
-                               trace=trace or Trace(), progress=progress, errors=self.errors)
-            clip_name = getattr(settings, "clip", None)
-            if clip_name is not None:
-                from exporter.clips import ClipError, load_clip  # numpy and libsndfile: only once needed
+        """The wait for the target's gate counts against the run's timeout: a run that could not start
+        within it is skipped; one that started late has only what is left."""
+        begun, begun_at = time.monotonic(), time.time()
+        gate = self.gate(client.name)
+        if kind == "health":
+            access = gate.exclusive(wait=timeout)
+        elif is_scrape(kind):
+            access = nullcontext()  # /model/info does not stall whoAsr
+        else:
+            access = gate.shared(wait=timeout)
+        try:
+            async with access:
+                remaining = timeout - (time.monotonic() - begun)
+                if is_scrape(kind):
+                    return await scrape(client, kind, remaining, trace)
+                return await self._probe(client, kind, remaining, trace, progress)
+        except GateBusy as busy:
+            if trace is not None:
+                trace(f"not started: {busy}")
+            return ProbeResult(target=client.name, probe=kind, success=False, started_at=begun_at,
+                               duration_seconds=time.monotonic() - begun, reason="timeout", step="gate",
+                               detail=f"not started: {busy}", skipped=True,
+                               trace=trace.lines if trace is not None else [])
 
-                try:
-                    ctx.clip = await asyncio.to_thread(load_clip, self.config, clip_name)
-                except ClipError as exc:
-                    return failed(ctx, kind, Failure("check_failed", str(exc), step="clip"))
-            return await run_probe(kind, ctx)
+    async def _probe(self, client: TargetClient, kind: str, timeout: float, trace: Optional[Trace],
+                     progress: Optional[Callable[[str], None]]) -> ProbeResult:
+        settings = self.config.probes.for_kind(kind)
+        ctx = ProbeContext(client=client, settings=settings, timeout=timeout,
+                           trace=trace or Trace(), progress=progress, errors=self.errors)
+        clip_name = getattr(settings, "clip", None)
+        if clip_name is not None:
+            from exporter.clips import ClipError, load_clip  # numpy and libsndfile: only once needed
+
+            try:
+                ctx.clip = await asyncio.to_thread(load_clip, self.config, clip_name)
+            except ClipError as exc:
+                return failed(ctx, kind, Failure("check_failed", str(exc), step="clip"))
+        return await run_probe(kind, ctx)

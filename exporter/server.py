@@ -47,6 +47,7 @@ def build_app(daemon: Exporter) -> web.Application:
     app.router.add_get("/-/ready", ready)
     app.router.add_get("/api/history", history)
     app.router.add_post("/-/reload", reload)
+    app.router.add_get("/runbook", runbook_page)
     probe_endpoint.add_routes(app, daemon)
     return app
 
@@ -113,20 +114,36 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def history(request: web.Request) -> web.Response:
+    """`?target=&probe=&limit=&failures=true`: kept results newest first (a failure with its trace);
+    `?id=N`: the one result with that id, as the status page links it."""
     daemon: Exporter = request.app[DAEMON]
-    target = request.query.get("target") or None
-    probe = request.query.get("probe") or None
-    limit = request.query.get("limit", str(HISTORY_LIMIT))
+    query = request.query
+    if "id" in query:
+        seq = query["id"]
+        entry = daemon.history.entry_json(int(seq)) if seq.isdigit() and len(seq) < 19 else None
+        if entry is None:
+            return web.Response(status=404, text="id: no kept result has this id (it may have been dropped)\n")
+        return web.json_response(entry, dumps=_dumps)
+    target = query.get("target") or None
+    probe = query.get("probe") or None
+    limit = query.get("limit", str(HISTORY_LIMIT))
     if not limit.isdigit() or not 1 <= int(limit) <= MAX_HISTORY_LIMIT:
         return web.Response(status=400, text=f"limit: expected a whole number from 1 to {MAX_HISTORY_LIMIT}\n")
-    failed_only = _flag(request.query.get("failed", ""))
-    with_trace = _flag(request.query.get("trace", ""))
+    failed_only = _flag(query.get("failed", ""))
+    with_trace = _flag(query.get("trace", ""))
     return web.json_response(daemon.history.to_json(target, probe, int(limit), failed_only, with_trace),
                              dumps=_dumps)
 
 
 def _flag(value: str) -> bool:
     return value.lower() in ("1", "true", "yes")
+
+
+async def runbook_page(request: web.Request) -> web.Response:
+    """The alerts' runbook_url lands here by default (config `links.runbook`), one anchor per alert."""
+    from exporter import runbook
+
+    return web.Response(text=runbook.html_page(), content_type="text/html", charset="utf-8")
 
 
 async def reload(request: web.Request) -> web.Response:
@@ -143,5 +160,6 @@ def _dumps(value) -> str:
 
 async def landing_page(request: web.Request) -> web.Response:
     daemon: Exporter = request.app[DAEMON]
-    page = status_page.render(daemon.targets, daemon.state, daemon.history)
+    snapshot = status_page.snapshot(daemon.targets, daemon.state, daemon.history)  # ~1 ms, on the loop
+    page = await asyncio.to_thread(status_page.to_html, snapshot)  # the formatting: tens of ms at 200 targets
     return web.Response(text=page, content_type="text/html")

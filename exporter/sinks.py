@@ -51,7 +51,10 @@ class LogSink:
 
     def record(self, result: ProbeResult) -> None:
         passed = result.success or not result.applicable
-        if self.on_demand:
+        if result.skipped:
+            self.log.info("run skipped", target=result.target, probe=result.probe, reason="gate_wait",
+                          detail=result.detail)
+        elif self.on_demand:
             if passed:
                 self.log.debug("on-demand probe done", target=result.target, probe=result.probe,
                                success=result.success)

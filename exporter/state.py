@@ -202,8 +202,11 @@ class ExporterState:
 
     # --- results in -----------------------------------------------------------------------------
     def record(self, result: ProbeResult) -> None:
-        """The state's sink: a scrape updates the target's state, a probe its statistics."""
-        if is_scrape(result.probe):
+        """The state's sink: a scrape updates the target's state, a probe its statistics; a run that could
+        not start in time is counted as skipped."""
+        if result.skipped:
+            self.record_skip(result.target, result.probe)
+        elif is_scrape(result.probe):
             self.record_scrape(result)
         else:
             self.record_probe(result)

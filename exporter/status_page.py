@@ -4,14 +4,19 @@ marked, and the last failure's reason linking to the kept run (with its trace) i
 
 Server-rendered HTML with inline CSS and SVG: no JavaScript, nothing fetched from elsewhere, so it works
 behind any proxy and in a terminal browser. Targets with a problem come first.
+
+Two steps, so that the page never stalls the event loop (200 targets take tens of milliseconds to
+format): `snapshot` copies what the page shows, on the loop, in about a millisecond; `to_html` formats
+that copy anywhere, the web handler in a worker thread.
 """
 
 from __future__ import annotations
 
 import html
 import time
+from dataclasses import dataclass
 from typing import Iterable, Optional
-from urllib.parse import urlencode
+from urllib.parse import quote
 
 from exporter import __version__
 from exporter.client import public_url
@@ -22,7 +27,7 @@ from exporter.results import ProbeResult
 from exporter.state import ExporterState, TargetState
 
 RECENT_FAILURES = 30
-SPARK_WIDTH, SPARK_HEIGHT, SPARK_PAD = 100, 22, 3
+SPARK_WIDTH, SPARK_HEIGHT = 100, 22  # CSS pixels; the SVG's own units are tenths of them (integer points)
 
 # state -> (colour, symbol); the symbol keeps a state readable without colour
 PROBE_STATES = {
@@ -57,6 +62,32 @@ a.reason{color:#c62828;font-weight:600}
 """
 
 
+@dataclass(frozen=True)
+class ProbeView:
+    kind: str
+    recent: list[ProbeResult]  # oldest first
+    last_failure: Optional[ProbeResult]
+
+
+@dataclass(frozen=True)
+class TargetView:
+    name: str
+    url: str  # without credentials
+    api: Optional[str]
+    state: str  # a TARGET_STATES key
+    models: Optional[dict[str, bool]]
+    scrape_failures: list[tuple[str, str, str]]  # (endpoint, reason, detail) of failing scrapes
+    health_at: Optional[float]
+    probes: dict[str, ProbeView]  # the target's probe kinds
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    kinds: list[str]  # the columns
+    targets: list[TargetView]
+    failures: list[ProbeResult]  # newest first
+
+
 def target_state(state: TargetState) -> str:
     if state.up is None:
         return "pending"
@@ -65,6 +96,31 @@ def target_state(state: TargetState) -> str:
     if state.health is not None and state.health.status not in (None, "healthy"):
         return "unhealthy"
     return "up"
+
+
+def snapshot(targets: Iterable[TargetConfig], state: ExporterState, history: History) -> Snapshot:
+    """What the page shows, copied (results are never changed once recorded, so they are shared)."""
+    targets = list(targets)
+    views = []
+    for target in targets:
+        tstate = state.targets.get(target.name)
+        if tstate is None:
+            continue
+        scrape_failures = []
+        for endpoint in SCRAPE_KINDS:
+            scraped = tstate.endpoints.get(endpoint)
+            if scraped is not None and scraped.last_success is False:
+                scrape_failures.append((endpoint, scraped.last_reason or "failed", scraped.last_detail))
+        health = tstate.endpoints.get("health")
+        models = tstate.models_loaded()
+        views.append(TargetView(
+            name=target.name, url=public_url(target.url), api=tstate.api, state=target_state(tstate),
+            models=dict(models) if models else None, scrape_failures=scrape_failures,
+            health_at=health.last_scrape_timestamp if health is not None else None,
+            probes={kind: ProbeView(kind, history.recent(target.name, kind), history.last_failure(target.name, kind))
+                    for kind in target.enabled_probes()}))
+    kinds = [kind for kind in PROBE_KINDS if any(kind in t.enabled_probes() for t in targets)]
+    return Snapshot(kinds, views, history.newest_failures(RECENT_FAILURES))
 
 
 def probe_state(recent: list[ProbeResult]) -> str:
@@ -80,11 +136,10 @@ def probe_state(recent: list[ProbeResult]) -> str:
     return "ok"
 
 
-def failure_link(result: ProbeResult) -> str:
+def failure_link(result: ProbeResult, quoted_target: Optional[str] = None) -> str:
     """The kept run behind a failure, trace included: /api/history's newest failure of that probe."""
-    query = urlencode({"target": result.target, "probe": result.probe, "failed": "true", "limit": 1,
-                       "trace": "true"})
-    return f"/api/history?{query}"
+    target = quoted_target or quote(result.target, safe="")
+    return f"/api/history?target={target}&amp;probe={result.probe}&amp;failed=true&amp;limit=1&amp;trace=true"
 
 
 def _age(timestamp: Optional[float], now: float) -> str:
@@ -103,29 +158,25 @@ def sparkline(recent: list[ProbeResult]) -> str:
     runs = [r for r in recent if r.applicable]
     if not runs:
         return ""
+    width, height, pad = SPARK_WIDTH * 10, SPARK_HEIGHT * 10, 30
     top = max(r.duration_seconds for r in runs) or 1.0
-    step = (SPARK_WIDTH - 2 * SPARK_PAD) / max(len(runs) - 1, 1)
-    span = SPARK_HEIGHT - 2 * SPARK_PAD
-    points = [(SPARK_PAD + i * step, SPARK_HEIGHT - SPARK_PAD - r.duration_seconds / top * span)
-              for i, r in enumerate(runs)]
-    failed = sum(1 for r in runs if not r.success)
-    parts = [f'<svg class="spark" width="{SPARK_WIDTH}" height="{SPARK_HEIGHT}" '
-             f'viewBox="0 0 {SPARK_WIDTH} {SPARK_HEIGHT}" role="img">',
-             f"<title>last {len(runs)} runs, {failed} failed; longest {top:.2f}s</title>",
-             '<polyline points="' + " ".join(f"{x:.1f},{y:.1f}" for x, y in points) + '"/>']
-    for (x, y), run in zip(points, runs):
-        if not run.success:
-            parts.append(f'<circle class="fail" cx="{x:.1f}" cy="{y:.1f}" r="2.6"/>')
+    step = (width - 2 * pad) / max(len(runs) - 1, 1)
+    scale = (height - 2 * pad) / top
+    points = [(int(pad + i * step), int(height - pad - r.duration_seconds * scale)) for i, r in enumerate(runs)]
+    failed = [point for point, run in zip(points, runs) if not run.success]
+    parts = [f'<svg class="spark" width="{SPARK_WIDTH}" height="{SPARK_HEIGHT}" viewBox="0 0 {width} {height}" '
+             f'role="img"><title>last {len(runs)} runs, {len(failed)} failed; longest {top:.2f}s</title>'
+             '<polyline points="', " ".join(f"{x},{y}" for x, y in points), '"/>']
+    parts.extend(f'<circle class="fail" cx="{x}" cy="{y}" r="26"/>' for x, y in failed)
     if runs[-1].success:
-        x, y = points[-1]
-        parts.append(f'<circle class="last" cx="{x:.1f}" cy="{y:.1f}" r="1.8"/>')
+        parts.append(f'<circle class="last" cx="{points[-1][0]}" cy="{points[-1][1]}" r="18"/>')
     parts.append("</svg>")
     return "".join(parts)
 
 
-def probe_cell(history: History, target: str, kind: str, now: float) -> tuple[str, str]:
+def probe_cell(view: ProbeView, quoted_target: str, now: float) -> tuple[str, str]:
     """(state, <td>) of one probe of one target."""
-    recent = history.recent(target, kind)
+    recent = view.recent
     state = probe_state(recent)
     colour, symbol = PROBE_STATES[state]
     lines = []
@@ -141,19 +192,18 @@ def probe_cell(history: History, target: str, kind: str, now: float) -> tuple[st
             lines.append(sparkline(recent))
     else:
         lines.append(f'{symbol} <span class="small">no run yet</span>')
-    failure = history.last_failure(target, kind)
+    failure = view.last_failure
     if failure is not None:
-        prefix = "" if state == "failing" else "last failure: "
-        lines.append(f'<span class="small">{prefix}</span><a class="reason" href="{esc(failure_link(failure))}" '
+        prefix = "" if state == "failing" else '<span class="small">last failure: </span>'
+        lines.append(f'{prefix}<a class="reason" href="{failure_link(failure, quoted_target)}" '
                      f'title="{esc(failure.detail[:200])}">{esc(failure.reason or "failed")}</a>'
                      f' <span class="small">{_age(failure.started_at, now)}</span>')
-    cell = (f'<td class="probe {state}" data-probe="{kind}" data-state="{state}" '
+    cell = (f'<td class="probe {state}" data-probe="{view.kind}" data-state="{state}" '
             f'style="border-left-color:{colour}">{"<br>".join(lines)}</td>')
     return state, cell
 
 
-def models_cell(state: TargetState) -> str:
-    loaded = state.models_loaded()
+def models_cell(loaded: Optional[dict[str, bool]]) -> str:
     if not loaded:
         return '<td class="models small">unknown</td>'
     missing = sorted(name for name, ok in loaded.items() if not ok)
@@ -164,51 +214,46 @@ def models_cell(state: TargetState) -> str:
             f'{len(loaded) - len(missing)}/{len(loaded)} loaded<br>not loaded: {names}</td>')
 
 
-def scrape_note(state: TargetState, now: float) -> str:
-    notes = []
-    for endpoint in SCRAPE_KINDS:
-        scraped = state.endpoints.get(endpoint)
-        if scraped is None or scraped.last_success is None:
-            continue
-        if not scraped.last_success:
-            notes.append(f'<span class="bad" title="{esc(scraped.last_detail[:300])}">'
-                         f'{endpoint}: {esc(scraped.last_reason or "failed")}</span>')
-    health = state.endpoints.get("health")
-    if health is not None and health.last_scrape_timestamp is not None:
-        notes.append(f'<span class="small">health {_age(health.last_scrape_timestamp, now)}</span>')
+def scrape_note(view: TargetView, now: float) -> str:
+    notes = [f'<span class="bad" title="{esc(detail[:300])}">{endpoint}: {esc(reason)}</span>'
+             for endpoint, reason, detail in view.scrape_failures]
+    if view.health_at is not None:
+        notes.append(f'<span class="small">health {_age(view.health_at, now)}</span>')
     return "<br>".join(notes)
 
 
 def render(targets: Iterable[TargetConfig], state: ExporterState, history: History,
            now: Optional[float] = None) -> str:
+    return to_html(snapshot(targets, state, history), now)
+
+
+def to_html(snap: Snapshot, now: Optional[float] = None) -> str:
     now = time.time() if now is None else now
-    targets = list(targets)
-    kinds = [kind for kind in PROBE_KINDS if any(kind in t.enabled_probes() for t in targets)]
+    kinds = snap.kinds
     rows: list[tuple[int, int, str]] = []
     target_counts = dict.fromkeys(TARGET_STATES, 0)
     probe_counts = dict.fromkeys(PROBE_STATES, 0)
-    for order, target in enumerate(targets):
-        tstate = state.targets.get(target.name)
-        if tstate is None:
-            continue
-        up = target_state(tstate)
+    for order, view in enumerate(snap.targets):
+        up = view.state
         target_counts[up] += 1
         colour, label = TARGET_STATES[up]
+        quoted = quote(view.name, safe="")
         cells = []
         worst = _SEVERITY.get(up, 0)
         for kind in kinds:
-            if kind not in target.enabled_probes():
+            probe = view.probes.get(kind)
+            if probe is None:
                 cells.append('<td class="probe none"></td>')
                 continue
-            pstate, cell = probe_cell(history, target.name, kind, now)
+            pstate, cell = probe_cell(probe, quoted, now)
             probe_counts[pstate] += 1
             worst = max(worst, _SEVERITY.get(pstate, 0))
             cells.append(cell)
-        row = (f'<tr class="target" data-target="{esc(target.name)}" data-state="{up}">'
-               f'<td><span class="dot" style="background:{colour}"></span><b>{esc(target.name)}</b> '
-               f'<span class="small">{label} · {esc(tstate.api or "api?")}</span><br>'
-               f'<span class="small">{esc(public_url(target.url))}</span><br>{scrape_note(tstate, now)}</td>'
-               f'{models_cell(tstate)}{"".join(cells)}</tr>')
+        row = (f'<tr class="target" data-target="{esc(view.name)}" data-state="{up}">'
+               f'<td><span class="dot" style="background:{colour}"></span><b>{esc(view.name)}</b> '
+               f'<span class="small">{label} · {esc(view.api or "api?")}</span><br>'
+               f'<span class="small">{esc(view.url)}</span><br>{scrape_note(view, now)}</td>'
+               f'{models_cell(view.models)}{"".join(cells)}</tr>')
         rows.append((-worst, order, row))
     rows.sort(key=lambda item: (item[0], item[1]))
 
@@ -221,11 +266,11 @@ def render(targets: Iterable[TargetConfig], state: ExporterState, history: Histo
                             ("pending", "pending"), ("na", "n/a"))
         if (count := probe_counts[name]))
     failures = []
-    for result in history.newest_failures(RECENT_FAILURES):
+    for result in snap.failures:
         failures.append(
             f'<tr class="failure"><td>{time.strftime("%H:%M:%S", time.localtime(result.started_at))}</td>'
             f"<td>{esc(result.target)}</td><td>{esc(result.probe)}</td>"
-            f'<td><a class="reason" href="{esc(failure_link(result))}">{esc(result.reason or "failed")}</a></td>'
+            f'<td><a class="reason" href="{failure_link(result)}">{esc(result.reason or "failed")}</a></td>'
             f"<td>{result.http_status or ''}</td><td>{esc(result.detail[:200])}</td>"
             f"<td>{esc(result.error_body or '')}</td></tr>")
     header = "".join(f"<th>{kind}</th>" for kind in kinds)

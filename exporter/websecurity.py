@@ -29,6 +29,7 @@ REALM = "whoasr-exporter"
 CACHE_SECONDS = 60.0
 CACHE_MAX_ENTRIES = 256
 BCRYPT_CONCURRENCY = 4  # bound on CPU spent on (possibly hostile) password guesses at once
+BCRYPT_WAIT_SECONDS = 5.0  # how long a request waits for a free check; then it is refused (401)
 
 
 @functools.lru_cache(maxsize=1)
@@ -66,6 +67,7 @@ class BasicAuthChecker:
         self._cache: dict[tuple[str, str, bytes], float] = {}  # key -> expiry
         self._slots = asyncio.Semaphore(BCRYPT_CONCURRENCY)
         self.bcrypt_runs = 0  # for tests: how often the slow path ran
+        self.refused_busy = 0  # requests refused because no check was free within BCRYPT_WAIT_SECONDS
 
     async def check(self, users: Mapping[str, str], header: Optional[str]) -> Optional[str]:
         """The authenticated user name, or None. `users` maps user -> bcrypt hash."""
@@ -82,9 +84,19 @@ class BasicAuthChecker:
         now = self._clock()
         if hashed is not None and self._cache.get(key, 0.0) > now:
             return auth.login
-        async with self._slots:
+        try:
+            async with asyncio.timeout(BCRYPT_WAIT_SECONDS):
+                await self._slots.acquire()
+        except TimeoutError:
+            self.refused_busy += 1
+            log.warning("password check refused", reason="too_many_password_checks", user=auth.login[:64],
+                        waited_seconds=BCRYPT_WAIT_SECONDS)
+            return None
+        try:
             self.bcrypt_runs += 1
             ok = await asyncio.to_thread(_checkpw, password, hashed)
+        finally:
+            self._slots.release()
         if not ok:
             return None
         if len(self._cache) >= CACHE_MAX_ENTRIES:

@@ -12,7 +12,7 @@ from exporter.config import ConfigError, TargetConfig, parse_config
 from exporter.discovery import TargetsFiles, TargetsFileError, merge_targets, parse_targets_file, target_name
 from exporter.shard import shard_of
 from tests.metrics_text import label_sets, value
-from tests.support import (LOOPBACK, ManagedProcess, exporter_cmd, free_port, http_get, serve_exporter,
+from tests.support import (LOOPBACK, ManagedProcess, exporter_cmd, free_port, http_get, http_post, serve_exporter,
                            start_simulator, wait_ready, wait_until)
 
 # --- parsing ------------------------------------------------------------------------------------------
@@ -201,6 +201,16 @@ targets_files: ["targets/*.yml", "targets/*.json"]
         text = metrics()
         assert value(text, "whoasr_up", target=discovered) is None
         assert value(text, "whoasr_exporter_targets", source="files") == 1
+
+        # A reload that points targets_files elsewhere reads the new files at once.
+        other = tmp_path / "other"
+        other.mkdir()
+        write(other / "c.yml", f"- targets: ['localhost:{sim_port}/c']\n  labels: {{probes: punctuation}}\n")
+        config.write_text(config.read_text().replace('targets_files: ["targets/*.yml", "targets/*.json"]',
+                                                     'targets_files: ["other/*.yml"]'))
+        status, body = http_post(base + "/-/reload", timeout=10)
+        assert (status, body.decode().strip()) == (200, "reloaded 2 targets")
+        assert probe_infos(metrics()) == {"configured": {"punctuation"}, f"localhost:{sim_port}/c": {"punctuation"}}
         events = [json.loads(line) for line in exporter.output().splitlines() if line.startswith("{")]
         bad = [e for e in events if e.get("event") == "targets file invalid"]
         assert len(bad) == 1 and bad[0]["reason"] == "invalid_targets_file" and bad[0]["path"].endswith("a.yml")

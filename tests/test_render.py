@@ -5,7 +5,9 @@
 - promtool: the rules pass `check rules` (with lint) and the unit tests in alerts/tests, and every alert
   has a firing and a silent case there; every dashboard query parses as PromQL;
 - a dashboard linter after grafana/dashboard-linter's rules; amtool for deploy/alertmanager.yml;
-- every runbook_url points at a section of docs/runbook.md.
+- every runbook_url points at a section of the runbook the exporter serves at /runbook (docs/runbook.md is
+  its rendered copy), every dashboard_url at an existing panel;
+- no rendered file depends on the names of the configured targets.
 
 promtool and amtool tests skip when the tool is missing, except under CI=true, where that is a failure.
 """
@@ -123,11 +125,12 @@ def test_run_reports_config_errors_with_exit_2(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------- thresholds, SLOs
 
-def _config(**thresholds):
+def _config(links=None, **thresholds):
     return parse_config({
         "targets": [{"name": "asr-a", "url": "http://127.0.0.1:1"},
                     {"name": "asr-b", "url": "http://127.0.0.1:2", "probes": ["batch", "stream"]}],
         "thresholds": thresholds,
+        **({"links": links} if links else {}),
     })
 
 
@@ -149,10 +152,14 @@ def test_a_threshold_moves_the_alert_and_the_panel():
 
     assert expr(before, "WhoasrCPUUsageHigh") == "whoasr_system_cpu_usage_ratio > 0.8"
     assert expr(after, "WhoasrCPUUsageHigh") == "whoasr_system_cpu_usage_ratio > 0.7"
-    assert expr(before, "WhoasrProbeLatencyHigh", probe="batch").endswith("\n> 5")
-    assert expr(after, "WhoasrProbeLatencyHigh", probe="batch").endswith("\n> 3")
-    assert expr(after, "WhoasrProbeErrorRateHigh", probe="batch").endswith("[10m]))\n> 0.2")
-    assert expr(after, "WhoasrStreamFirstResultSlow").endswith("\n> 1.5")
+    assert expr(before, "WhoasrProbeLatencyHigh", probe="batch").startswith(
+        'whoasr:probe_duration_seconds:p95_rate20m{probe="batch"} > 5\n')
+    assert expr(after, "WhoasrProbeLatencyHigh", probe="batch").startswith(
+        'whoasr:probe_duration_seconds:p95_rate10m{probe="batch"} > 3\n')  # 20%: 10 runs hold it
+    assert expr(after, "WhoasrProbeErrorRateHigh", probe="batch").startswith(
+        'whoasr:probe_error:ratio_rate10m{probe="batch"} > 0.2\n')
+    assert expr(after, "WhoasrStreamFirstResultSlow", probe="stream").startswith(
+        "whoasr:stream_first_result_seconds:p95_rate10m > 1.5\n")
     new_rules = rules_mod.render_rules(after)
     assert 'le="3.0"' in new_rules and 'le="5.0"' not in new_rules  # the latency SLI bucket
 
@@ -174,6 +181,14 @@ def test_rate_windows_hold_enough_runs_that_one_failure_stays_below_the_threshol
         runs = window / config.schedules.for_kind(kind).interval
         assert 1 / runs <= config.thresholds.error_rate_percent / 100 / 2
         assert rules_mod.failing_for(config, kind) >= 2 * config.schedules.for_kind(kind).interval
+        # whoasr_up trails a failing probe by at most one /health interval plus the longest probe timeout
+        # (a scrape waits for the probes in flight): the failing alert waits longer, so an outage mutes it.
+        assert rules_mod.failing_for(config, kind) >= config.schedules.health.interval + 30
+    fast = parse_config({"schedules": {"health": {"interval": "1s", "timeout": "900ms"},
+                                       "punctuation": {"interval": "2s", "timeout": "1s"},
+                                       "stream": {"interval": "8s", "timeout": "7s"}},
+                         "thresholds": {"for_short": "2s"}})
+    assert rules_mod.failing_for(fast, "punctuation") == 1 + 30  # batch's default 30 s timeout is the longest
     assert rules_mod.rate_window(config, "batch") == 1200  # 20 runs of 60 s
     assert rules_mod.rate_window(config, "timestamp") == 2400
 
@@ -185,22 +200,30 @@ def test_slo_window_table_and_sloth_names():
         ("warning", "3", "1d", "2h"), ("warning", "1", "3d", "6h")]
     config = _config(slo_availability_percent=99.9)
     objectives = slo_mod.slos(config)
-    assert {(o.target, o.probe) for o in objectives} == {
-        *(("asr-a", kind) for kind in ("batch", "stream", "punctuation", "vad")),  # timestamp: opt-in
-        ("asr-b", "batch"), ("asr-b", "stream")}
+    # One SLO per probe kind and objective, whatever the targets: the SLIs carry the target label.
+    assert {(o.probe, o.kind) for o in objectives} == {
+        *((kind, "availability") for kind in ("batch", "stream", "punctuation", "vad", "timestamp", "stream_vad")),
+        *((kind, "latency") for kind in ("batch", "stream", "punctuation", "vad", "timestamp"))}
     groups = {g["name"]: g for g in rules_mod.rule_groups(config)}
-    group = groups["sloth-slo-whoasr-asr-b-stream-availability"]
+    group = groups["sloth-slo-whoasr-stream-availability"]
     records = {r["record"]: r for r in group["rules"] if "record" in r}
-    for window in (*slo_mod.SLI_WINDOWS, slo_mod.PERIOD):
+    for window in slo_mod.SLI_WINDOWS:
         rule = records[f"slo:sli_error:ratio_rate{window}"]
-        assert rule["labels"] == {"sloth_id": "whoasr-asr-b-stream-availability", "sloth_service": "whoasr",
-                                  "sloth_slo": "asr-b-stream-availability", "sloth_window": window}
+        assert rule["labels"] == {"sloth_id": "whoasr-stream-availability", "sloth_service": "whoasr",
+                                  "sloth_slo": "stream-availability", "probe": "stream", "sloth_window": window}
+        assert "by (job, target, probe)" in rule["expr"]
+    # The voice path's latency SLI is the first result's, never the session's length (the clip's).
+    latency = {r["record"]: r for r in groups["sloth-slo-whoasr-stream-latency"]["rules"] if "record" in r}
+    assert 'whoasr_stream_first_result_seconds_bucket{le="2.0"}' in latency["slo:sli_error:ratio_rate1h"]["expr"]
+    assert "whoasr_probe_duration_seconds" not in latency["slo:sli_error:ratio_rate1h"]["expr"]
     for name in ("slo:objective:ratio", "slo:error_budget:ratio", "slo:time_period:days",
                  "slo:current_burn_rate:ratio", "slo:period_burn_rate:ratio",
                  "slo:period_error_budget_remaining:ratio", "sloth_slo_info"):
         assert name in records
-    assert records["slo:objective:ratio"]["expr"] == "vector(0.999)"
-    assert records["slo:error_budget:ratio"]["expr"] == "vector(0.001)"
+    # per target the probe runs on (either mode has whoasr_probe_success), so no target is named
+    probed = 'group by (job, target, probe) (whoasr_probe_success{probe="stream"})'
+    assert records["slo:objective:ratio"]["expr"] == f"0.999 * {probed}"
+    assert records["slo:error_budget:ratio"]["expr"] == f"0.001 * {probed}"
     alerts = [r for r in group["rules"] if "alert" in r]
     assert [a["labels"]["severity"] for a in alerts] == ["critical", "warning"]
     assert "(14.4 * 0.001)" in alerts[0]["expr"] and "(1 * 0.001)" in alerts[1]["expr"]
@@ -208,26 +231,93 @@ def test_slo_window_table_and_sloth_names():
 
 # ------------------------------------------------------------------------------------------ alert rules
 
-def test_every_alert_has_severity_summary_description_and_runbook():
+def test_every_alert_has_severity_summary_description_and_links():
+    config = example_config()
     anchors = runbook_anchors()
+    served = served_anchors()
+    panels = {(board["uid"], panel["id"]) for board in committed_dashboards().values() for panel in board["panels"]}
+    runbook_base = config.links.runbook_base()
+    assert runbook_base == "http://localhost:9877/runbook"  # the exporter's own page by default
     for alert in all_alerts(rule_file()):
         name, labels, notes = alert["alert"], alert["labels"], alert["annotations"]
         assert labels["severity"] in ("warning", "critical"), name
-        assert set(notes) == {"summary", "description", "runbook_url"}, name
-        assert notes["runbook_url"].startswith(rules_mod.RUNBOOK_BASE + "#"), name
-        assert notes["runbook_url"].split("#", 1)[1] in anchors, f"{name}: no runbook section for it"
+        expected = {"summary", "description", "runbook_url", "dashboard_url"}
+        if name not in EXPORTER_ALERTS:
+            expected.add("history_url")  # the exporter's recent results for that target (and probe)
+        assert set(notes) == expected, name
+        assert notes["runbook_url"] == f"{runbook_base}#{name.lower()}", name
+        assert name.lower() in anchors and name.lower() in served, f"{name}: no runbook section for it"
+        board = re.match(rf"{re.escape(config.links.grafana)}/d/([\w-]+)/[\w-]+\?viewPanel=(\d+)",
+                         notes["dashboard_url"])
+        assert board and (board[1], int(board[2])) in panels, f"{name}: {notes['dashboard_url']}"
         if name not in EXPORTER_ALERTS:
             assert "{{ $labels.target }}" in notes["description"] + notes["summary"], name
+            assert "var-target={{ $labels.target | urlquery }}" in notes["dashboard_url"], name
+            assert notes["history_url"].startswith(
+                f"{config.links.exporter}/api/history?target={{{{ $labels.target | urlquery }}}}"), name
+
+
+def test_links_come_from_the_config():
+    config = _config(links={"exporter": "https://exporter.example.org", "grafana": "https://grafana.example.org/",
+                            "runbook": "https://wiki.example.org/whoasr"})
+    alerts = all_alerts({"groups": rules_mod.rule_groups(config)})
+    down = next(a for a in alerts if a["alert"] == "WhoasrTargetDown")["annotations"]
+    assert down["runbook_url"] == "https://wiki.example.org/whoasr#whoasrtargetdown"
+    assert down["dashboard_url"].startswith("https://grafana.example.org/d/whoasr-overview/whoasr-overview?viewPanel=")
+    assert down["history_url"] == "https://exporter.example.org/api/history?target={{ $labels.target | urlquery }}"
+    failing = next(a for a in alerts if a["alert"] == "WhoasrProbeFailing")["annotations"]
+    assert failing["history_url"].endswith("&probe={{ $labels.probe | urlquery }}")
+    with pytest.raises(ConfigError, match=r"links\.grafana: expected an http\(s\):// base URL"):
+        parse_config({"links": {"grafana": "grafana:3000"}})
+
+
+def test_rendered_files_do_not_depend_on_target_names():
+    """Whatever targets an exporter probes, the committed rules and dashboards are right for it: two
+    configs with different target names and probe lists render the same files, and none names a target."""
+    first = parse_config({"targets": [{"name": "asr-a", "url": "http://127.0.0.1:1"},
+                                      {"name": "asr-b", "url": "http://127.0.0.1:2", "probes": ["batch"]}]})
+    second = parse_config({"targets": [{"name": "prod-zh-1", "url": "https://asr.example.org", "api": "v1",
+                                        "probes": ["stream", "stream_vad"]}]})
+    assert render(first) == render(second) == render(parse_config({}))
+    example = load_config(EXAMPLE)
+    for path, text in render(example).items():
+        for target in example.targets:
+            assert target.name not in text, f"{path} names the target {target.name}"
+    # and the committed Kubernetes copies too
+    for path in (ROOT / "deploy" / "kubernetes").glob("{prometheusrule,dashboards-configmap}.yaml"):
+        for target in example.targets:
+            assert target.name not in path.read_text(encoding="utf-8"), f"{path} names {target.name}"
+
+
+def test_the_voice_path_is_never_judged_by_its_session_length():
+    alerts = all_alerts({"groups": rules_mod.rule_groups(example_config())})
+    latency = [a for a in alerts if a["alert"] == "WhoasrProbeLatencyHigh"]
+    assert {a["labels"]["probe"] for a in latency} == set(rules_mod.DURATION_PROBES)
+    assert not {"stream", "stream_vad"} & set(rules_mod.DURATION_PROBES)
+    voice = {a["alert"] for a in alerts if a["labels"].get("probe") == "stream"}
+    assert {"WhoasrStreamFirstResultSlow", "WhoasrStreamResultLagHigh"} <= voice
+
+
+def test_the_runbook_served_at_runbook_is_the_committed_copy():
+    from exporter import runbook
+
+    assert RUNBOOK.read_text(encoding="utf-8") == runbook.markdown()
+    page = runbook.html_page()
+    assert page.startswith("<!doctype html>") and "<table>" in page
 
 
 def runbook_anchors() -> set[str]:
-    """GitHub's anchors of the runbook's headings: lower case, punctuation dropped, spaces to dashes."""
-    anchors = set()
-    for line in RUNBOOK.read_text(encoding="utf-8").splitlines():
-        if line.startswith("#"):
-            text = line.lstrip("#").strip().lower()
-            anchors.add(re.sub(r"[^\w\- ]", "", text).replace(" ", "-"))
-    return anchors
+    """GitHub's anchors of the committed runbook's headings (docs/runbook.md read in a repository)."""
+    from exporter.runbook import anchor
+
+    return {anchor(line.lstrip("#")) for line in RUNBOOK.read_text(encoding="utf-8").splitlines()
+            if line.startswith("#")}
+
+
+def served_anchors() -> set[str]:
+    from exporter import runbook
+
+    return set(re.findall(r'<h2 id="([^"]+)"', runbook.html_page()))
 
 
 def test_every_runbook_section_belongs_to_an_alert():
@@ -261,6 +351,25 @@ def test_every_alert_has_a_firing_and_a_silent_unit_test():
     rules = {(a["alert"], a["labels"]["severity"]) for a in all_alerts(rule_file())}
     assert rules - firing == set(), "alerts never expected to fire in alerts/tests"
     assert {name for name, _ in rules} - silent == set(), "alerts never expected to stay silent"
+
+
+def test_every_alert_is_tested_in_multi_target_mode_too():
+    """alerts/tests/multi_target.yml feeds /probe-shaped series (target = URL, probe = module, one gauge
+    per run): every (alert, severity) fires there and every alert stays silent in another case."""
+    suite = yaml.safe_load((ROOT / "alerts" / "tests" / "multi_target.yml").read_text(encoding="utf-8"))
+    firing, silent = set(), set()
+    for group in suite["tests"]:
+        for series in group["input_series"]:
+            assert 'target="http://' in series["series"] or 'job="whoasr-exporter"' in series["series"], series
+            assert "_total" not in series["series"] and "_bucket" not in series["series"], series
+        for case in group.get("alert_rule_test", []):
+            expected = case.get("exp_alerts") or []
+            if not expected:
+                silent.add(case["alertname"])
+            firing |= {(case["alertname"], alert["exp_labels"]["severity"]) for alert in expected}
+    rules = {(a["alert"], a["labels"]["severity"]) for a in all_alerts(rule_file())}
+    assert rules - firing == set(), "alerts never expected to fire in multi-target mode"
+    assert {name for name, _ in rules} - silent == set(), "alerts never expected to stay silent in multi-target mode"
 
 
 def test_promtool_check_rules():
@@ -465,10 +574,13 @@ def test_alertmanager_config_checks():
     routes = {tuple(r["matchers"]): r["receiver"] for r in config["route"]["routes"]}
     assert set(routes) == {('severity="critical"',), ('severity="warning"',)}
     assert {"alertname", "target"} <= set(config["route"]["group_by"])
-    inhibit = config["inhibit_rules"][0]
-    assert (inhibit["source_matchers"], inhibit["target_matchers"]) == (['severity="critical"'],
-                                                                        ['severity="warning"'])
-    assert {"alertname", "target"} <= set(inhibit["equal"])
+    outage, severity = config["inhibit_rules"]
+    # One outage pages once: a target that is down mutes every other alert about that target.
+    assert (outage["source_matchers"], outage["target_matchers"], outage["equal"]) == (
+        ['alertname="WhoasrTargetDown"'], ['alertname!="WhoasrTargetDown"'], ["target"])
+    assert (severity["source_matchers"], severity["target_matchers"]) == (['severity="critical"'],
+                                                                          ['severity="warning"'])
+    assert {"alertname", "target"} <= set(severity["equal"])
     for receiver in config["receivers"]:
         assert all(hook["send_resolved"] for hook in receiver["webhook_configs"]), receiver["name"]
 

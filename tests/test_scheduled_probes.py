@@ -4,7 +4,9 @@ when it was unloaded after the last scheduled /model/info scrape."""
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import urllib.parse
 
 import pytest
@@ -220,8 +222,20 @@ def test_history_and_status_page_show_failures(stack):
     assert failure["http_status"] == 500 and "injected" in failure["error_body"]
     assert len(history(stack, limit=1)) == 1
     assert http_get(f"{stack.base}/api/history?limit=0")[0] == 400
+    # A failure followed by many healthy runs stays on the status page, with a link to its kept trace.
+    wait_until(lambda: sum(r["started_at"] > failure["started_at"] for r in history(stack)) >= 40,
+               timeout=30, interval=0.5, what="40 newer runs")
     page = http_get(stack.base + "/")[1].decode()
     assert "http_5xx" in page and "<td>asr-v2</td>" in page
+    links = [html.unescape(link) for link in re.findall(r'href="(/api/history\?[^"]*probe=vad[^"]*)"', page)]
+    assert links, "no link to the kept failure"
+    (linked,) = json.loads(http_get(stack.base + links[0])[1])
+    assert linked["reason"] == "http_5xx" and any("HTTP 500" in line for line in linked["trace"])
+    kept = json.loads(http_get(f"{stack.base}/api/history?id={failure['id']}")[1])
+    assert kept["reason"] == "http_5xx" and any("HTTP 500" in line for line in kept["trace"])
+    assert http_get(f"{stack.base}/api/history?id=999999999")[0] == 404
+    failures = history(stack, failed="true", trace="true")
+    assert failures and all(not r["success"] and r["trace"] for r in failures)
 
 
 def test_one_metric_name_has_one_type_on_metrics_and_probe(stack):

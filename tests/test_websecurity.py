@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from exporter.config import BasicAuth, TargetConfig
+from exporter import websecurity
 from exporter.websecurity import BasicAuthChecker
 from tests.support import (LOOPBACK, exporter_cmd, free_port, serve_exporter, sim_delete, sim_fault, start_simulator,
                            wait_until)
@@ -268,3 +269,16 @@ async def test_checks_run_off_the_event_loop():
     task.cancel()
     assert elapsed > 0.05
     assert ticks >= elapsed / 0.01 * 0.5  # the loop kept ticking while bcrypt ran
+
+
+async def test_a_check_waits_for_a_free_bcrypt_slot_only_so_long(monkeypatch):
+    """A flood of password guesses holds every slot: a further request is refused after the bounded
+    wait, not queued for ever; once a slot frees, checks run again."""
+    monkeypatch.setattr(websecurity, "BCRYPT_WAIT_SECONDS", 0.2)
+    checker = BasicAuthChecker()
+    for _ in range(websecurity.BCRYPT_CONCURRENCY):
+        await checker._slots.acquire()  # every slot busy, as with hostile guesses in flight
+    assert await checker.check({USER: HASH}, basic(USER, PASSWORD)) is None
+    assert checker.refused_busy == 1 and checker.bcrypt_runs == 0
+    checker._slots.release()
+    assert await checker.check({USER: HASH}, basic(USER, PASSWORD)) == USER

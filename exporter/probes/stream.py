@@ -19,26 +19,51 @@ from exporter.probes.websocket import RECOGNITION, Pacing, run_streaming_probe
 from exporter.results import Failure, ProbeResult, redact
 
 KIND = "stream"
+MAX_TRANSCRIPT_CHARS = 10_000  # whoAsr's transcript of a probe clip is a few dozen characters
+TRACE_TEXT_CHARS = 200
 
 
 async def run(ctx: ProbeContext, *, pacing: Optional[Pacing] = None) -> ProbeResult:
     """One session; `pacing` (benchmarks only) collects the lateness of every frame."""
     max_cer = ctx.settings.max_cer
+    transcript = Transcript()
 
     def read_result(message: dict[str, Any], result: ProbeResult) -> tuple[bool, str]:
         text, is_final = message.get("text"), message.get("is_final")
         if not isinstance(text, str) or not isinstance(is_final, bool):
             raise Failure("bad_response", f"recognition_result without text or is_final: {redact(str(message), 80)}")
-        # Incremental pieces, joined as they arrive: what came before a failure is kept.
-        result.transcript = (result.transcript or "") + text
-        return is_final, repr(text)
+        transcript.add(text)
+        return is_final, repr(text[:TRACE_TEXT_CHARS])
+
+    def finish(result: ProbeResult) -> None:
+        # Incremental pieces, joined once the session ended: what came before a failure is kept.
+        result.transcript = transcript.text() if transcript.pieces else None
 
     def check(result: ProbeResult, results: int) -> None:
         _check(ctx, result, results, max_cer)
 
     return await run_streaming_probe(ctx, KIND, RECOGNITION, read_result, check,
                                      realtime=ctx.settings.pace == "realtime", expected_transcript=ctx.clip.transcript,
-                                     pacing=pacing)
+                                     pacing=pacing, finish=finish)
+
+
+class Transcript:
+    """whoAsr's incremental pieces, gathered in linear time and bounded: a server that keeps sending text
+    cannot make the exporter copy or hold more than MAX_TRANSCRIPT_CHARS."""
+
+    def __init__(self) -> None:
+        self.pieces: list[str] = []
+        self.length = 0
+
+    def add(self, text: str) -> None:
+        room = MAX_TRANSCRIPT_CHARS - self.length
+        if room > 0:
+            piece = text[:room]
+            self.pieces.append(piece)
+            self.length += len(piece)
+
+    def text(self) -> str:
+        return "".join(self.pieces)
 
 
 def _check(ctx: ProbeContext, result: ProbeResult, results: int, max_cer: float) -> None:

@@ -67,10 +67,12 @@ class Pacing:
 
 async def run_streaming_probe(ctx: ProbeContext, kind: str, dialect: Dialect, read_result: ResultReader,
                               check: SessionCheck, *, realtime: bool, expected_transcript: Optional[str] = None,
-                              pacing: Optional[Pacing] = None) -> ProbeResult:
+                              pacing: Optional[Pacing] = None,
+                              finish: Optional[Callable[[ProbeResult], None]] = None) -> ProbeResult:
     """The frame both streaming probes share: one session on the configured clip, then the probe's checks.
 
-    A failure keeps everything measured up to it (timings, the transcript so far).
+    A failure keeps everything measured up to it (timings, the transcript so far); `finish` puts what the
+    probe gathered into the result once the session ended, however it ended.
     """
     settings = ctx.settings
     result = ctx.new_result(kind)
@@ -87,7 +89,11 @@ async def run_streaming_probe(ctx: ProbeContext, kind: str, dialect: Dialect, re
 
     session = Session(ctx, result, dialect, on_result)
     try:
-        await session.run(ctx.clip, settings.frame_ms, realtime, settings.client_id_prefix, pacing)
+        try:
+            await session.run(ctx.clip, settings.frame_ms, realtime, settings.client_id_prefix, pacing)
+        finally:
+            if finish is not None:
+                finish(result)
         check(result, session.results)
     except Failure as failure:
         return failed(ctx, kind, failure, result)

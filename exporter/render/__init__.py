@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from exporter import runbook
 from exporter.config import Config, load_config_or_report
 
 from .dashboards import render_dashboards
@@ -18,6 +19,7 @@ from .rules import render_rules
 
 RULES_FILE = Path("alerts") / "whoasr-rules.yml"
 DASHBOARDS_DIR = Path("dashboards")
+RUNBOOK_FILE = Path("docs") / "runbook.md"  # a copy of the runbook the exporter serves at /runbook
 
 
 def render(config: Config) -> dict[Path, str]:
@@ -25,12 +27,13 @@ def render(config: Config) -> dict[Path, str]:
     files = {RULES_FILE: render_rules(config)}
     for name, text in render_dashboards(config).items():
         files[DASHBOARDS_DIR / name] = text
+    files[RUNBOOK_FILE] = runbook.markdown()
     return files
 
 
 def write_all(config: Config, out_dir: Path) -> list[Path]:
-    """Writes out_dir/alerts/whoasr-rules.yml, out_dir/dashboards/*.json and the Kubernetes copies of
-    both (deploy/kubernetes/); returns the paths written."""
+    """Writes out_dir/alerts/whoasr-rules.yml, out_dir/dashboards/*.json, docs/runbook.md and the
+    Kubernetes copies of the rules and dashboards (deploy/kubernetes/); returns the paths written."""
     written = write_files(render(config), out_dir)
     written += write_kubernetes(config, out_dir)  # deploy/kubernetes/: same rules and dashboards
     return written

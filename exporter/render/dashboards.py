@@ -463,6 +463,7 @@ def probes(config: Config) -> tuple[str, str, list[list[Panel]]]:
 def voice_path(config: Config) -> tuple[str, str, list[list[Panel]]]:
     t = config.thresholds
     first = steps("green", (t.stream_first_result_seconds, "red"))
+    lag = steps("green", (t.stream_result_lag_seconds, "red"))
     rows = [
         [
             stat("Stream probe", "Result of the last streaming session per target (worst shown).",
@@ -492,8 +493,9 @@ def voice_path(config: Config) -> tuple[str, str, list[list[Panel]]]:
         [
             timeseries("Result lag", "Per recognition result: its arrival minus the instant the audio it was "
                        "computed from had been fully spoken. The server's own delay (queueing and one model "
-                       "call), free of the 600 ms it waits to fill a stride.",
-                       quantiles("whoasr_stream_result_lag_seconds", SEL, "target"), "s"),
+                       "call), free of the 600 ms it waits to fill a stride; the line is the threshold of the "
+                       f"alert ({number_text(t.stream_result_lag_seconds)} s).",
+                       quantiles("whoasr_stream_result_lag_seconds", SEL, "target"), "s", thresholds=lag),
             heatmap("Result lag distribution", "Results per lag bucket and interval.",
                     "whoasr_stream_result_lag_seconds", SEL, "s"),
         ],
@@ -540,23 +542,24 @@ def slo(config: Config) -> tuple[str, str, list[list[Panel]]]:
             bargauge(f"Error budget remaining ({slo_rules.PERIOD})", "Share of the error budget left over the "
                      f"SLO period. Objectives: availability {number_text(t.slo_availability_percent)}%, "
                      f"latency {number_text(t.slo_latency_percent)}% of runs within {le} s.",
-                     q(f"slo:period_error_budget_remaining:ratio{{{SLOSEL}}}", "{{sloth_slo}}"),
+                     q(f"slo:period_error_budget_remaining:ratio{{{SLOSEL}}}", "{{target}} {{sloth_slo}}"),
                      "percentunit", budget_steps, min=0, max=1),
             table("Error ratio by window", "The SLI error ratio of every SLO over every window the burn-rate "
                   "alerts use.",
-                  [q(f'{{__name__=~"slo:sli_error:ratio_rate.+", {SLOSEL}}}', instant=True, fmt="table")],
+                  [q(f'label_join({{__name__=~"slo:sli_error:ratio_rate.+", {SLOSEL}}}, "slo", " ", "target", '
+                     '"sloth_slo")', instant=True, fmt="table")],
                   "percentunit",
                   [{"id": "groupingToMatrix",
-                    "options": {"columnField": "sloth_window", "rowField": "sloth_slo", "valueField": "Value"}}]),
+                    "options": {"columnField": "sloth_window", "rowField": "slo", "valueField": "Value"}}]),
         ],
         [
             timeseries("Current burn rate", "Error ratio over 5m / error budget; 1 spends the budget exactly "
                        f"over {slo_rules.PERIOD}. The lines are the alert factors: {windows}.",
-                       [q(f"slo:current_burn_rate:ratio{{{SLOSEL}}}", "{{sloth_slo}}")], "none",
+                       [q(f"slo:current_burn_rate:ratio{{{SLOSEL}}}", "{{target}} {{sloth_slo}}")], "none",
                        thresholds=burn_steps, min=0),
             timeseries(f"Burn rate over the period ({slo_rules.PERIOD})", "Average burn rate over the SLO "
                        "period; above 1 the objective is missed.",
-                       [q(f"slo:period_burn_rate:ratio{{{SLOSEL}}}", "{{sloth_slo}}")], "none",
+                       [q(f"slo:period_burn_rate:ratio{{{SLOSEL}}}", "{{target}} {{sloth_slo}}")], "none",
                        thresholds=steps("green", (1, "red")), min=0),
         ],
         [
@@ -566,8 +569,9 @@ def slo(config: Config) -> tuple[str, str, list[list[Panel]]]:
                           "{{target}} {{probe}}")],
                        "percentunit", thresholds=steps("red", (ratio(t.slo_availability_percent), "green")),
                        max=1),
-            timeseries(f"Latency SLI: runs within {le} s (1h)", f"Probe runs that took at most {le} s / runs, "
-                       f"over the last hour; green from the {number_text(t.slo_latency_percent)}% objective.",
+            timeseries("Latency SLI (1h)", f"Probe runs that took at most {le} s (streaming sessions: whose "
+                       f"first result came within {number_text(t.stream_first_result_seconds)} s) / runs, over "
+                       f"the last hour; green from the {number_text(t.slo_latency_percent)}% objective.",
                        [q(f'1 - slo:sli_error:ratio_rate1h{{{SLOSEL}, sloth_slo=~".+-latency"}}',
                           "{{target}} {{probe}}")],
                        "percentunit", thresholds=steps("red", (ratio(t.slo_latency_percent), "green")),
@@ -576,7 +580,7 @@ def slo(config: Config) -> tuple[str, str, list[list[Panel]]]:
         [
             timeseries("Error budget remaining over time", f"Share of the {slo_rules.PERIOD} error budget left, "
                        "per SLO.",
-                       [q(f"slo:period_error_budget_remaining:ratio{{{SLOSEL}}}", "{{sloth_slo}}")],
+                       [q(f"slo:period_error_budget_remaining:ratio{{{SLOSEL}}}", "{{target}} {{sloth_slo}}")],
                        "percentunit", thresholds=budget_steps, max=1, width=24),
         ],
     ]
@@ -724,6 +728,15 @@ def build(uid: str, config: Config) -> dict:
         for kind in sorted({panel["type"] for panel in data["panels"]})
     ]
     return data
+
+
+def panel_ids(config: Config) -> dict[tuple[str, str], int]:
+    """(dashboard uid, panel title) -> panel id, for links into a panel (the first of a title wins)."""
+    ids: dict[tuple[str, str], int] = {}
+    for name, *_ in DASHBOARDS:
+        for panel in build(name, config)["panels"]:
+            ids.setdefault((name, panel["title"]), panel["id"])
+    return ids
 
 
 def render_dashboards(config: Config) -> dict[str, str]:

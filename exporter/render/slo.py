@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from exporter.config import Config
+from exporter.kinds import PROBE_KINDS
 
 from .promql import number_text, ratio_text, selector
 
@@ -54,17 +55,29 @@ SLI_WINDOWS = tuple(
 )
 
 
+# Where each probe kind's latency SLI comes from: (histogram, the threshold that is its good bucket).
+# A streaming session lasts as long as its clip, played in real time: the voice path's latency is the
+# time to the first result. stream_vad has no latency SLO (its session is the clip, nothing else).
+LATENCY_SOURCES = {
+    "batch": ("whoasr_probe_duration_seconds", "response_time_seconds"),
+    "punctuation": ("whoasr_probe_duration_seconds", "response_time_seconds"),
+    "vad": ("whoasr_probe_duration_seconds", "response_time_seconds"),
+    "timestamp": ("whoasr_probe_duration_seconds", "response_time_seconds"),
+    "stream": ("whoasr_stream_first_result_seconds", "stream_first_result_seconds"),
+}
+
+
 @dataclass(frozen=True)
 class SLO:
-    target: str
     probe: str
     kind: str  # availability | latency
     objective_percent: float
-    latency_le: str  # the `le` bucket of the response-time threshold, as the exporter writes it
+    latency_seconds: float = 0.0  # the latency SLI's bound (its histogram has a bucket there)
+    latency_metric: str = ""
 
     @property
     def name(self) -> str:
-        return f"{self.target}-{self.probe}-{self.kind}"
+        return f"{self.probe}-{self.kind}"
 
     @property
     def id(self) -> str:
@@ -79,6 +92,10 @@ class SLO:
         return number_text(self.objective_percent)
 
     @property
+    def latency_le(self) -> str:
+        return latency_le(self.latency_seconds)
+
+    @property
     def error_budget(self) -> str:
         """1 - objective, as exact decimal text (99.9 -> 0.001)."""
         budget = (Decimal(100) - Decimal(repr(self.objective_percent))) / 100
@@ -91,19 +108,38 @@ class SLO:
         return selector(self.sloth_labels())
 
     def sli_error(self, window: str) -> str:
-        """Ratio of bad runs in the window; NaN (no alert) when no run finished in it."""
-        sel = {"target": self.target, "probe": self.probe}
+        """Ratio of bad runs in the window, per job, target and probe; NaN (no alert) when no run
+        finished in it. Scheduled mode's counters and histograms, or else (multi-target mode) the
+        relabelled /probe gauges of each run."""
+        sel = {"probe": self.probe}
         if self.kind == "availability":
             runs = f"sum by ({BY}) (rate(whoasr_probe_runs_total{selector(sel)}[{window}]))"
             failures = f"sum by ({BY}) (rate(whoasr_probe_failures_total{selector(sel)}[{window}]))"
             # No failure yet means no failure series at all: count it as zero, not as "no data".
-            return f"(\n  {failures}\n  or\n  0 * {runs}\n)\n/\n{runs}"
-        total = f"sum by ({BY}) (rate(whoasr_probe_duration_seconds_count{selector(sel)}[{window}]))"
-        good = (
-            f"sum by ({BY}) (rate(whoasr_probe_duration_seconds_bucket"
-            f"{selector({**sel, 'le': self.latency_le})}[{window}]))"
-        )
-        return f"(\n  {total}\n  -\n  {good}\n)\n/\n{total}"
+            scheduled = f"(\n  {failures}\n  or\n  0 * {runs}\n)\n/\n{runs}"
+            on_demand = f"1 - avg by ({BY}) (avg_over_time(whoasr_probe_success{selector(sel)}[{window}]))"
+            return f"(\n{scheduled}\n)\nor\n{on_demand}"
+        metric = self.latency_metric
+        # The voice-path histograms carry no probe label: select none, add it by the rule's labels.
+        hsel = sel if metric == "whoasr_probe_duration_seconds" else {}
+        by = BY if hsel else "job, target"
+        total = f"sum by ({by}) (rate({metric}_count{selector(hsel) if hsel else ''}[{window}]))"
+        good = f"sum by ({by}) (rate({metric}_bucket{selector({**hsel, 'le': self.latency_le})}[{window}]))"
+        scheduled = f"(\n  {total}\n  -\n  {good}\n)\n/\n{total}"
+        # One /probe gauge per run: the share of the window's minutes whose latest run was too slow.
+        gauge = RUN_GAUGES[metric]
+        bound = number_text(self.latency_seconds)
+        on_demand = (f"avg by ({by}) (avg_over_time(({gauge}{selector(sel)} > bool {bound})"
+                     f"[{window}:1m]))")
+        return f"(\n{scheduled}\n)\nor\n{on_demand}"
+
+
+# Scheduled mode's histogram -> multi-target mode's /probe gauge of one run (rules.py reads it too).
+RUN_GAUGES = {
+    "whoasr_probe_duration_seconds": "whoasr_probe_run_duration_seconds",
+    "whoasr_stream_first_result_seconds": "whoasr_stream_run_first_result_seconds",
+    "whoasr_stream_result_lag_seconds": "whoasr_stream_run_result_lag_seconds",  # the run's largest lag
+}
 
 
 def latency_le(seconds: float) -> str:
@@ -114,19 +150,16 @@ def latency_le(seconds: float) -> str:
 
 
 def slos(config: Config) -> list[SLO]:
-    """An availability and a latency SLO for every probe scheduled on every configured target."""
+    """An availability SLO for every probe kind and a latency SLO for those with a latency SLI. The SLIs
+    are per job, target and probe; no target is named, so the rules hold for any set of targets."""
     thresholds = config.thresholds
-    objectives = {
-        "availability": thresholds.slo_availability_percent,
-        "latency": thresholds.slo_latency_percent,
-    }
-    le = latency_le(thresholds.response_time_seconds)
-    return [
-        SLO(target.name, probe, kind, objectives[kind], le)
-        for target in config.targets
-        for probe in target.enabled_probes()
-        for kind in SLO_KINDS
-    ]
+    out = []
+    for probe in PROBE_KINDS:
+        out.append(SLO(probe, "availability", thresholds.slo_availability_percent))
+        if probe in LATENCY_SOURCES:
+            metric, bound = LATENCY_SOURCES[probe]
+            out.append(SLO(probe, "latency", thresholds.slo_latency_percent, getattr(thresholds, bound), metric))
+    return out
 
 
 def _record(name: str, expr: str, labels: dict[str, str]) -> dict:
@@ -138,7 +171,7 @@ def recording_rules(slo: SLO) -> list[dict]:
     labels = slo.sloth_labels()
     sel = slo.sloth_selector()
     sli_rules = [
-        _record(f"slo:sli_error:ratio_rate{w}", slo.sli_error(w), {**labels, "sloth_window": w})
+        _record(f"slo:sli_error:ratio_rate{w}", slo.sli_error(w), {**labels, "probe": slo.probe, "sloth_window": w})
         for w in SLI_WINDOWS
     ]
     # The period SLI averages the 5m SLI, as Sloth does: a 30d rate() over raw counters is too costly.
@@ -150,12 +183,15 @@ def recording_rules(slo: SLO) -> list[dict]:
             {**labels, "sloth_window": PERIOD},
         )
     )
-    static = {**labels, "target": slo.target, "probe": slo.probe}
-    on = "on (sloth_id, sloth_slo, sloth_service) group_left ()"
+    static = {**labels, "probe": slo.probe}
+    # The metadata is per target too (one series per target the probe runs on, in either mode), so a
+    # query for one target's SLOs finds its objective beside its SLI.
+    probed = f"group by ({BY}) (whoasr_probe_success{selector({'probe': slo.probe})})"
+    on = f"on ({BY}, sloth_id, sloth_slo, sloth_service) group_left ()"
     meta_rules = [
-        _record("slo:objective:ratio", f"vector({slo.objective_ratio})", static),
-        _record("slo:error_budget:ratio", f"vector({slo.error_budget})", static),
-        _record("slo:time_period:days", f"vector({PERIOD_DAYS})", static),
+        _record("slo:objective:ratio", f"{slo.objective_ratio} * {probed}", static),
+        _record("slo:error_budget:ratio", f"{slo.error_budget} * {probed}", static),
+        _record("slo:time_period:days", f"{PERIOD_DAYS} * {probed}", static),
         _record(
             "slo:current_burn_rate:ratio",
             f"slo:sli_error:ratio_rate{SLI_WINDOWS[0]}{sel}\n/ {on}\nslo:error_budget:ratio{sel}",
@@ -173,7 +209,7 @@ def recording_rules(slo: SLO) -> list[dict]:
         ),
         _record(
             "sloth_slo_info",
-            "vector(1)",
+            probed,
             {
                 **static,
                 "sloth_mode": "whoasr-exporter-render",
@@ -195,10 +231,13 @@ def _burn_condition(slo: SLO, row: BurnWindow) -> str:
         )
 
     # The short window first: its value is the one the description shows (how bad it is right now).
-    return f"(\n  {over(row.short)}\n  and\n  {over(row.long)}\n)"
+    # A target that was down within the short window burns its budget through an outage that
+    # WhoasrTargetDown pages for already: that burn stays silent, so one outage pages once.
+    return (f"(\n  {over(row.short)}\n  and\n  {over(row.long)}\n)\n"
+            f"unless on (target)\nmin_over_time(whoasr_up[{row.short}]) == 0")
 
 
-def burn_alerts(slo: SLO, runbook_url: str) -> list[dict]:
+def burn_alerts(slo: SLO, links: dict[str, str]) -> list[dict]:
     """A page (critical) and a ticket (warning) alert for one SLO, each an `or` of its window rows."""
     alerts = []
     for severity in ("critical", "warning"):
@@ -207,7 +246,7 @@ def burn_alerts(slo: SLO, runbook_url: str) -> list[dict]:
         speed = "fast" if severity == "critical" else "steadily"
         factors = " or ".join(f"{row.factor}x over {row.long} and {row.short}" for row in rows)
         what = "failed" if slo.kind == "availability" else (
-            f"took longer than {number_text(float(slo.latency_le))}s"
+            f"took longer than {number_text(slo.latency_seconds)}s"
         )
         alerts.append(
             {
@@ -217,21 +256,21 @@ def burn_alerts(slo: SLO, runbook_url: str) -> list[dict]:
                 "annotations": {
                     "summary": (
                         f"{slo.kind.capitalize()} error budget of the {slo.probe} probe on "
-                        f"{slo.target} is burning {speed}."
+                        f"{{{{ $labels.target }}}} is burning {speed}."
                     ),
                     "description": (
                         f"{{{{ $value | humanizePercentage }}}} of recent {slo.probe} probe runs on "
                         f"{{{{ $labels.target }}}} {what}: the error budget of the {slo.objective_text}% "
                         f"{slo.kind} objective ({PERIOD}) burns faster than {factors}."
                     ),
-                    "runbook_url": runbook_url,
+                    **links,
                 },
             }
         )
     return alerts
 
 
-def group(slo: SLO, runbook_url: str) -> dict:
+def group(slo: SLO, links: dict[str, str]) -> dict:
     """One rule group per SLO. Sloth uses three, but rules in one group run in order, so the alerts
     always read the SLIs of the same evaluation, in Prometheus and in promtool alike."""
-    return {"name": f"sloth-slo-{slo.id}", "rules": recording_rules(slo) + burn_alerts(slo, runbook_url)}
+    return {"name": f"sloth-slo-{slo.id}", "rules": recording_rules(slo) + burn_alerts(slo, links)}

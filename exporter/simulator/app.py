@@ -143,12 +143,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="/health body: whoAsr's current schema or the older documented one")
     parser.add_argument("--ms-per-char", type=_positive_int, default=450, metavar="N",
                         help="streaming: one transcript character per N ms of audio (default 450)")
+    parser.add_argument("--stream-capacity", type=_positive_int, default=None, metavar="N",
+                        help="streaming: keep up with N concurrent real-time streams; beyond N the model calls "
+                             "share the budget, so every stride takes longer and the lag grows (default: no limit)")
 
 
 def options_from_args(args: argparse.Namespace) -> SimulatorOptions:
     return SimulatorOptions(api=args.api, health_delay=args.health_delay, unloaded=tuple(args.unloaded),
                             transcript=args.transcript, health_schema=args.health_schema,
-                            ms_per_char=args.ms_per_char)
+                            ms_per_char=args.ms_per_char, stream_capacity=args.stream_capacity)
 
 
 async def serve(options: SimulatorOptions, host: str, port: int, stop: asyncio.Event) -> None:

@@ -15,6 +15,8 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from exporter.simulator.compute import SharedCompute
+
 log = structlog.get_logger("exporter.simulator")
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
@@ -35,6 +37,7 @@ class SimulatorOptions:
     transcript: str | None = None        # None: contents of exporter/data/default.txt
     health_schema: str = "current"       # "current" (both generations) | "documented" (the seed's older schema)
     ms_per_char: int = 450               # streaming: one transcript character per this much audio
+    stream_capacity: int | None = None   # streaming: real-time streams the model keeps up with; None: no limit
 
     def __post_init__(self) -> None:
         if self.api not in ("v1", "v2"):
@@ -46,6 +49,8 @@ class SimulatorOptions:
             raise ValueError(f"unknown model type(s) {unknown}; expected any of {', '.join(MODEL_TYPES)}")
         if self.health_delay < 0:
             raise ValueError("health_delay must be >= 0")
+        if self.stream_capacity is not None and self.stream_capacity <= 0:
+            raise ValueError("stream_capacity must be > 0")
         if self.ms_per_char <= 0:
             raise ValueError("ms_per_char must be > 0")
 
@@ -178,6 +183,7 @@ class SimState:
     stream_sessions: dict[str, Any] = field(default_factory=dict)
     vad_sessions: dict[str, Any] = field(default_factory=dict)
     shutting_down: bool = False
+    stream_compute: SharedCompute | None = None  # with stream_capacity: the budget stream strides share
 
     @classmethod
     def from_options(cls, options: SimulatorOptions) -> "SimState":
@@ -186,7 +192,8 @@ class SimState:
         else:
             transcript = DEFAULT_TRANSCRIPT_FILE.read_text(encoding="utf-8").strip()
         models = {m: ModelState(loaded=m not in options.unloaded) for m in MODEL_TYPES}
-        return cls(options=options, transcript=transcript, models=models)
+        compute = SharedCompute(options.stream_capacity) if options.stream_capacity else None
+        return cls(options=options, transcript=transcript, models=models, stream_compute=compute)
 
     def count(self, endpoint: str) -> None:
         self.requests[endpoint] = self.requests.get(endpoint, 0) + 1

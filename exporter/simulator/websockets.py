@@ -228,6 +228,8 @@ async def _stream_model(sim: SimState, session: Session, stride: np.ndarray | No
         samples, session.buffer = session.buffer, np.zeros(0, dtype=np.float32)
     else:
         samples = stride
+    if sim.stream_compute is not None:  # --stream-capacity: this call's share of a saturable model server
+        await sim.stream_compute.run(sim.stream_compute.stride_work(len(samples), STREAM_STRIDE))
     session.processed += len(samples)
     piece = _recognize(sim, session, samples, final=final)
     if piece:

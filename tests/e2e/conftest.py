@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e.stack import (TARGETS, Simulator, Stack, alertmanager_config, exporter_config,
-                             missing_key_series, prometheus_config, write_short_clip)
+from tests.e2e.stack import (MULTI_TARGETS, TARGETS, Simulator, Stack, alertmanager_config, exporter_config,
+                             missing_key_series, multi_target_files, multi_target_prometheus_config,
+                             prometheus_config)
 from tests.e2e.webhook import WebhookReceiver
 from tests.support import LOOPBACK, ManagedProcess, exporter_cmd, free_port, http_get, start_simulator, wait_until
 
@@ -91,14 +92,17 @@ def _start(launched: list, args: list[str], log: Path, ready_url: str, what: str
 
 def _start_simulators(tmp: Path, launched: list) -> dict[str, Simulator]:
     """All simulators at once (each takes about a second to import and bind)."""
+    apis = {name: (api, extra) for name, (api, extra, _) in TARGETS.items()}
+    apis.update({name: (api, ()) for name, api in MULTI_TARGETS.items()})
+
     def start(name):
-        api, extra, _ = TARGETS[name]
+        api, extra = apis[name]
         proc, url = start_simulator(tmp, api, *extra, name=name)
         return Simulator(name, api, extra, int(url.rsplit(":", 1)[1]), url, proc)
 
     simulators, errors = {}, []
-    with ThreadPoolExecutor(max_workers=len(TARGETS)) as pool:
-        futures = {name: pool.submit(start, name) for name in TARGETS}
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        futures = {name: pool.submit(start, name) for name in apis}
         for name, future in futures.items():
             try:
                 simulators[name] = future.result()
@@ -133,7 +137,7 @@ def stack(binaries, launched, tmp_path_factory) -> Stack:
 
         exporter_port = free_port()
         config_path = tmp / "exporter.yaml"
-        config_path.write_text(yaml.safe_dump(exporter_config(simulators, exporter_port, write_short_clip(tmp)), sort_keys=False))
+        config_path.write_text(yaml.safe_dump(exporter_config(simulators, exporter_port), sort_keys=False))
         exporter = f"http://{LOOPBACK}:{exporter_port}"
         _start(launched, exporter_cmd("serve", "--config", str(config_path)), tmp / "exporter.log",
                exporter + "/-/ready", "exporter")
@@ -156,8 +160,24 @@ def stack(binaries, launched, tmp_path_factory) -> Stack:
                           f"--web.listen-address={LOOPBACK}:{prom_port}"],
                tmp / "prometheus.log", prometheus + "/-/ready", "prometheus")
 
+        # Multi-target mode: a second Prometheus scraping /probe with the shipped relabelling, the same
+        # rules and the same Alertmanager.
+        targets_file = tmp / "multi-target-targets.yml"
+        targets_file.write_text(yaml.safe_dump(multi_target_files(simulators)))
+        multi_port = free_port()
+        multi_config = tmp / "prometheus-multi.yml"
+        multi_config.write_text(yaml.safe_dump(multi_target_prometheus_config(rules, targets_file, exporter_port,
+                                                                              am_port)))
+        (tmp / "prometheus-multi-data").mkdir()
+        multi = f"http://{LOOPBACK}:{multi_port}"
+        _start(launched, [binaries["prometheus"], f"--config.file={multi_config}",
+                          f"--storage.tsdb.path={tmp / 'prometheus-multi-data'}",
+                          f"--web.listen-address={LOOPBACK}:{multi_port}"],
+               tmp / "prometheus-multi.log", multi + "/-/ready", "prometheus (multi-target)")
+
         yield Stack(tmp=tmp, launched=launched, prometheus=prometheus, alertmanager=alertmanager,
-                    exporter=exporter, webhook=webhook, render_dir=render_dir, simulators=simulators)
+                    exporter=exporter, webhook=webhook, render_dir=render_dir, simulators=simulators,
+                    multi_prometheus=multi)
     finally:
         with ThreadPoolExecutor(max_workers=8) as pool:  # each stop() waits for its process: stop them together
             list(pool.map(lambda proc: proc.stop(), launched))

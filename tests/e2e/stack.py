@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import yaml
+
+from exporter.config import Thresholds
 from exporter.kinds import DEFAULT_PROBES
 from tests.e2e.webhook import WebhookReceiver
 from tests.support import LOOPBACK, ManagedProcess, http_get, start_simulator, wait_until
@@ -30,13 +33,14 @@ TARGETS = {
     "asr-v2": ("v2", (), list(PROBE_KINDS)),
     "asr-doc": ("v2", ("--health-schema", "documented"), list(PROBE_KINDS)),
     "asr-down": ("v2", (), []),
+    "asr-outage": ("v1", (), None),  # every default probe, timestamp not applicable: the outage scenario
     "asr-model": ("v2", (), ["stream"]),
     "asr-slow": ("v2", (), ["batch"]),
     "asr-cpu": ("v2", (), []),
 }
 HEALTHY = ("asr-v1", "asr-v2", "asr-doc")
 # v1's /timestamp always fails upstream, so the exporter reports that probe as not applicable: no series.
-NOT_APPLICABLE = {"asr-v1": ("timestamp",)}
+NOT_APPLICABLE = {"asr-v1": ("timestamp",), "asr-outage": ("timestamp",)}
 
 
 def expected_probes(target: str) -> tuple[str, ...]:
@@ -44,22 +48,23 @@ def expected_probes(target: str) -> tuple[str, ...]:
     return tuple(k for k in PROBE_KINDS if k not in NOT_APPLICABLE.get(target, ()))
 
 
-# Short intervals and `for:` durations so every alert can fire within seconds; the stream probe streams
-# a 0.8 s clip paced like a microphone (the built-in 5.2 s one would outlast its 2 s interval), so that
-# first-result and result-lag series are the real-time ones.
-# FOR_LONG must outlast a Prometheus start: it takes ~5 s (discovery's update throttle) to scrape its
-# static targets, and until then WhoasrTargetMissing's absent(whoasr_up{...}) holds for every target.
-RESPONSE_TIME_SECONDS = 1.0
+# A quiet day: the default thresholds, the built-in clip, the stream probe paced in real time (each session
+# lasts the 5.19 s clip), so every latency alert must stay silent on the healthy targets. Intervals are
+# short (and the stream's and batch's long enough for a real-time session and a slow batch run) and
+# `for:` durations too, so every alert can fire within seconds; nothing else departs from the defaults.
+RESPONSE_TIME_SECONDS = Thresholds().response_time_seconds
 FOR_SHORT, FOR_LONG = 2, 10
 SCHEDULES = {
-    "health": {"interval": "2s", "timeout": "1s"},
+    "health": {"interval": "1s", "timeout": "900ms"},
     "model_info": {"interval": "1s", "timeout": "900ms"},
-    "batch": {"interval": "3s", "timeout": "2500ms"},
-    "stream": {"interval": "2s", "timeout": "1800ms"},
+    "batch": {"interval": "9s", "timeout": "8s"},
+    "stream": {"interval": "8s", "timeout": "7s"},
     "punctuation": {"interval": "2s", "timeout": "1500ms"},
     "vad": {"interval": "2s", "timeout": "1500ms"},
     "timestamp": {"interval": "3s", "timeout": "2500ms"},
+    "stream_vad": {"interval": "8s", "timeout": "7s"},  # not scheduled here; its rules' `for:` follow it
 }
+ALERTMANAGER_SHIPPED = Path(__file__).resolve().parents[2] / "deploy" / "alertmanager.yml"
 
 
 @dataclass
@@ -85,6 +90,11 @@ class Stack:
     webhook: WebhookReceiver
     render_dir: Path
     simulators: dict[str, Simulator] = field(default_factory=dict)
+    multi_prometheus: str = ""  # the Prometheus that scrapes /probe (multi-target mode)
+
+    def multi_target(self) -> "Stack":
+        """The same stack seen through the multi-target Prometheus."""
+        return replace(self, prometheus=self.multi_prometheus)
 
     # --- Prometheus -----------------------------------------------------------------------------------
     def query(self, expr: str) -> list[dict]:
@@ -154,12 +164,15 @@ class Stack:
         sim.proc = proc
 
 
+
+
 SHORT_CLIP_SECONDS = 0.8  # one 600 ms stride and a final rest: one partial and one final result
 
 
 def write_short_clip(directory: Path) -> Path:
-    """The first SHORT_CLIP_SECONDS of the built-in clip. The simulator's model says the rest of the
-    transcript in its final result, so the built-in transcript still applies."""
+    """The first SHORT_CLIP_SECONDS of the built-in clip, for the report's stack (the alerting stack streams
+    the built-in clip in real time). The simulator's model says the rest of the transcript in its final
+    result, so the built-in transcript still applies."""
     import soundfile
 
     from exporter.clips import SAMPLE_RATE, builtin_clip
@@ -169,9 +182,8 @@ def write_short_clip(directory: Path) -> Path:
     return path
 
 
-def exporter_config(simulators: dict[str, Simulator], port: int, short_clip: Path) -> dict:
+def exporter_config(simulators: dict[str, Simulator], port: int) -> dict:
     """The exporter config the stack runs, and the one the rules and dashboards are rendered from."""
-    from exporter.clips import builtin_clip
 
     targets = []
     for name, (_, _, probes) in TARGETS.items():
@@ -179,12 +191,16 @@ def exporter_config(simulators: dict[str, Simulator], port: int, short_clip: Pat
         if probes is not None:
             target["probes"] = probes
         targets.append(target)
+    exporter = f"http://{LOOPBACK}:{port}"
     return {
-        "exporter": {"listen": f"{LOOPBACK}:{port}", "log_format": "json", "log_level": "info"},
+        # Multi-target mode probes the simulators by URL, as Prometheus's file_sd hands them over.
+        "exporter": {"listen": f"{LOOPBACK}:{port}", "log_format": "json", "log_level": "info",
+                     "allowed_targets": [r"http://127\.0\.0\.1:\d+"], "max_concurrent_probes": 64},
         "targets": targets,
         "schedules": SCHEDULES,
-        "thresholds": {"response_time_seconds": RESPONSE_TIME_SECONDS,
-                       "for_short": f"{FOR_SHORT}s", "for_long": f"{FOR_LONG}s"},
+        "thresholds": {"for_short": f"{FOR_SHORT}s", "for_long": f"{FOR_LONG}s"},
+        # The alerts' runbook and history links lead to this exporter (Grafana is not part of the stack).
+        "links": {"exporter": exporter, "grafana": "http://grafana.invalid:3000"},
         "clips": {"voice": {"path": str(short_clip), "transcript": builtin_clip().transcript}},
         "probes": {"stream": {"clip": "voice"}},
     }
@@ -199,13 +215,61 @@ def prometheus_config(rules: Path, exporter_port: int, alertmanager_port: int) -
     }
 
 
-def alertmanager_config(webhook_url: str) -> dict:
-    """One webhook receiver, one notification per alert (group_by '...'), fast flushes, resolved sent."""
+# Multi-target mode: a second Prometheus scrapes /probe?target=URL&module=KIND with the job of
+# deploy/prometheus/multi-target.yml (its relabelling as shipped); module -> (targets, interval, timeout).
+MULTI_JOB = "whoasr-probe"
+# Simulators of their own, not in the exporter's config (a target probed in both modes would have its
+# /health scrapes and sessions queue behind each other's, exporter/gate.py): name -> simulator API.
+# /health waits for the target's probes in flight, so no target gets both the health module and the
+# 5 s real-time stream here (the e2e timeouts are short); mt-stream carries the healthy voice path.
+MULTI_TARGETS = {"mt-v1": "v1", "mt-v2": "v2", "mt-stream": "v2", "mt-down": "v2", "mt-model": "v2",
+                 "mt-slow": "v2", "mt-cpu": "v2"}
+MULTI_HEALTHY = ("mt-v1", "mt-v2", "mt-stream")
+MULTI_MODULES = {
+    "health": (("mt-v1", "mt-v2", "mt-down", "mt-cpu"), "2s", "1s"),
+    "model_info": (("mt-v1", "mt-v2", "mt-stream", "mt-model"), "2s", "1s"),
+    "batch": (("mt-v1", "mt-v2", "mt-slow"), "10s", "9s"),
+    "stream": (("mt-stream", "mt-model"), "9s", "8s"),
+    "punctuation": (("mt-v1", "mt-v2"), "3s", "2s"),
+    "vad": (("mt-v1", "mt-v2"), "3s", "2s"),
+    "timestamp": (("mt-v1", "mt-v2"), "3s", "2500ms"),
+}
+MULTI_TARGET_SHIPPED = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "multi-target.yml"
+
+
+def multi_target_files(simulators: dict[str, Simulator]) -> list[dict]:
+    """file_sd groups like deploy/prometheus/targets/whoasr.yml: one per module, with its own pace."""
+    return [{"labels": {"__param_module": module, "__scrape_interval__": interval, "__scrape_timeout__": timeout},
+             "targets": [simulators[name].url for name in names]}
+            for module, (names, interval, timeout) in MULTI_MODULES.items()]
+
+
+def multi_target_prometheus_config(rules: Path, targets_file: Path, exporter_port: int,
+                                   alertmanager_port: int) -> dict:
+    """The shipped multi-target job, with only its file_sd path and the exporter's address changed."""
+    shipped = yaml.safe_load(MULTI_TARGET_SHIPPED.read_text(encoding="utf-8"))
+    job = next(j for j in shipped["scrape_configs"] if j["job_name"] == MULTI_JOB)
+    job["file_sd_configs"] = [{"files": [str(targets_file)], "refresh_interval": "5s"}]
+    for rule in job["relabel_configs"]:
+        if rule.get("target_label") == "__address__":
+            rule["replacement"] = f"{LOOPBACK}:{exporter_port}"
     return {
-        "route": {"receiver": "webhook", "group_by": ["..."], "group_wait": "1s", "group_interval": "1s",
-                  "repeat_interval": "4h"},
-        "receivers": [{"name": "webhook", "webhook_configs": [{"url": webhook_url, "send_resolved": True}]}],
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(rules)],
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"{LOOPBACK}:{alertmanager_port}"]}]}]},
+        "scrape_configs": [job],
     }
+
+
+def alertmanager_config(webhook_url: str) -> dict:
+    """deploy/alertmanager.yml as shipped (routes, grouping, inhibitions, receivers), with only its timing
+    shortened and each receiver's webhook pointed at the test's receiver (/alerts/<receiver name>)."""
+    config = yaml.safe_load(ALERTMANAGER_SHIPPED.read_text(encoding="utf-8"))
+    config["route"].update({"group_wait": "1s", "group_interval": "1s"})
+    for receiver in config["receivers"]:
+        for hook in receiver["webhook_configs"]:
+            hook["url"] = f"{webhook_url}/{receiver['name']}"
+    return config
 
 
 def missing_key_series(stack: Stack) -> list[str]:

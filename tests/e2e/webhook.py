@@ -19,7 +19,8 @@ from tests.support import LOOPBACK
 
 
 class WebhookReceiver:
-    """POST /alerts stores the JSON body; anything that is not JSON is kept as an error for the test to see."""
+    """POST /alerts[/<receiver>] stores the JSON body; anything that is not JSON is kept as an error for the
+    test to see."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -57,8 +58,10 @@ class WebhookReceiver:
             return list(self._errors)
 
     def alerts(self) -> list[dict]:
-        """Every alert of every notification, in arrival order; `received` is the local arrival time."""
-        return [dict(alert, received=n["received"]) for n in self.notifications() for alert in n["alerts"]]
+        """Every alert of every notification, in arrival order; `received` is the local arrival time,
+        `receiver` and `groupKey` those of the notification that carried it."""
+        return [dict(alert, received=n["received"], receiver=n.get("receiver"), groupKey=n.get("groupKey"))
+                for n in self.notifications() for alert in n["alerts"]]
 
     def delivered(self, alertname: str, status: str, **labels: str) -> list[dict]:
         """Delivered alerts with this name and status whose labels include `labels`."""
@@ -70,6 +73,7 @@ class WebhookReceiver:
         asyncio.set_event_loop(self._loop)
         app = web.Application()
         app.router.add_post("/alerts", self._receive)
+        app.router.add_post("/alerts/{receiver}", self._receive)  # one path per Alertmanager receiver
         self._runner = web.AppRunner(app, access_log=None)
         self._loop.run_until_complete(self._runner.setup())
         self._loop.run_until_complete(web.SockSite(self._runner, self._sock).start())

@@ -1,0 +1,74 @@
+"""Every wait within the run's deadline: the /health gate is waited for at most the run's own timeout;
+a run that could not start in that time is skipped and counted, and a target whose /health hangs does
+not hold its probes for longer than their timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from exporter.client import new_session
+from exporter.config import parse_config
+from exporter.daemon import Daemon
+from exporter.gate import GateBusy, TargetGate
+from tests.metrics_text import value
+from tests.support import sim_fault, sim_reset, start_simulator
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def test_an_exclusive_wait_gives_up_and_lets_probes_go_on():
+    gate = TargetGate()
+    async with gate.shared():
+        with pytest.raises(GateBusy):
+            async with gate.exclusive(wait=0.1):
+                pass
+        # the abandoned wait no longer holds new probes back
+        async with gate.shared(wait=0.1):
+            pass
+
+
+async def test_a_shared_wait_gives_up_while_health_holds_the_gate():
+    gate = TargetGate()
+    async with gate.exclusive():
+        with pytest.raises(GateBusy):
+            async with gate.shared(wait=0.1):
+                pass
+    async with gate.shared(wait=0.1):  # and the gate works afterwards
+        pass
+
+
+@pytest.fixture(scope="module")
+def sim_url(tmp_path_factory):
+    proc, url = start_simulator(tmp_path_factory.mktemp("gate"), "v2", health_delay=0.01)
+    try:
+        yield url
+    finally:
+        proc.stop()
+
+
+async def test_a_probe_behind_a_hanging_health_scrape_is_skipped_within_its_timeout(sim_url):
+    config = parse_config({"targets": [{"name": "t", "url": sim_url, "probes": ["vad"]}]})
+    daemon = Daemon(config)  # not started: runs are called directly
+    daemon.session = new_session()
+    daemon.apply(config)
+    try:
+        sim_fault(sim_url, "health", hang=True)
+        health = asyncio.create_task(daemon.run_job("t", "health", 5.0))
+        await asyncio.sleep(0.2)  # the scrape holds the gate, waiting on /health
+        await asyncio.wait_for(daemon.run_job("t", "vad", 0.5), 10)
+        assert not health.done()  # the probe gave up on its own timeout, not when /health ended
+        text = daemon.exposition.render().decode()
+        assert value(text, "whoasr_probe_skipped_total", target="t", probe="vad") == 1.0
+        assert value(text, "whoasr_probe_runs_total", target="t", probe="vad") is None  # skipped is no run
+        assert daemon.history.latest("t", "vad") is None
+        await asyncio.wait_for(health, 10)
+        assert value(daemon.exposition.render().decode(), "whoasr_up", target="t") == 0.0  # a timeout
+        # with /health answering again, the probe runs as usual
+        sim_reset(sim_url)
+        result = await daemon.runner.run(daemon.clients["t"], "vad", 10.0)
+        assert result.success and not result.skipped
+    finally:
+        sim_reset(sim_url)
+        await daemon.session.close()
