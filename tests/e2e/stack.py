@@ -184,7 +184,6 @@ def write_short_clip(directory: Path) -> Path:
 
 def exporter_config(simulators: dict[str, Simulator], port: int) -> dict:
     """The exporter config the stack runs, and the one the rules and dashboards are rendered from."""
-
     targets = []
     for name, (_, _, probes) in TARGETS.items():
         target = {"name": name, "url": simulators[name].url}
@@ -201,8 +200,6 @@ def exporter_config(simulators: dict[str, Simulator], port: int) -> dict:
         "thresholds": {"for_short": f"{FOR_SHORT}s", "for_long": f"{FOR_LONG}s"},
         # The alerts' runbook and history links lead to this exporter (Grafana is not part of the stack).
         "links": {"exporter": exporter, "grafana": "http://grafana.invalid:3000"},
-        "clips": {"voice": {"path": str(short_clip), "transcript": builtin_clip().transcript}},
-        "probes": {"stream": {"clip": "voice"}},
     }
 
 
