@@ -10,6 +10,7 @@ failed, so sparklines carry failure marks and every cell links its last failure)
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import time
@@ -56,6 +57,7 @@ def main() -> int:
     from exporter import status_page
 
     targets, state, history = build(args.targets)
+    gc.freeze()  # as the daemon does after start-up: full collections then skip what was built so far
     page = status_page.render(targets, state, history)
     copies, formats = [], []
     for _ in range(args.rounds):

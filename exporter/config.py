@@ -68,11 +68,15 @@ class WebConfig(_Strict):
     tls_cert_file: Optional[str] = None
     tls_key_file: Optional[str] = None
     basic_auth_users: dict[str, str] = Field(default_factory=dict)  # user -> bcrypt hash
+    # htpasswd-style USER:BCRYPT-HASH lines (e.g. a mounted Secret), read at load and at each reload
+    basic_auth_users_file: Optional[str] = None
 
     @model_validator(mode="after")
     def _tls_pair(self) -> "WebConfig":
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ValueError("tls_cert_file and tls_key_file must be set together")
+        if self.basic_auth_users and self.basic_auth_users_file:
+            raise ValueError("basic_auth_users and basic_auth_users_file both set; keep one")
         for user, hashed in self.basic_auth_users.items():
             if not hashed.startswith(("$2a$", "$2b$", "$2y$")):
                 raise ValueError(
@@ -446,10 +450,42 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         clips[name] = clip.model_copy(update={"path": str(path)})
     targets = tuple(_resolve_target_files(target, index, base, source)
                     for index, target in enumerate(config.targets))
+    web = config.exporter.web
+    if web.basic_auth_users_file:
+        path = web.basic_auth_users_file
+        path = path if Path(path).is_absolute() else str((base / path).resolve())
+        users = read_users_file(path, f"{source}: exporter.web.basic_auth_users_file")
+        web = web.model_copy(update={"basic_auth_users_file": path, "basic_auth_users": users})
+        config = config.model_copy(update={"exporter": config.exporter.model_copy(update={"web": web})})
     # Targets file globs too, as Prometheus resolves file_sd paths against its config file.
     targets_files = tuple(pattern if Path(pattern).is_absolute() else str(base.resolve() / pattern)
                           for pattern in config.targets_files)
     return config.model_copy(update={"clips": clips, "targets": targets, "targets_files": targets_files})
+
+
+def read_users_file(path: str, where: str) -> dict[str, str]:
+    """USER:BCRYPT-HASH lines (`htpasswd -nB USER` output; blank lines and # comments skipped)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: no such file {path!r}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{where}: cannot read {path!r}: {getattr(exc, 'strerror', None) or exc}") from None
+    users: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, sep, hashed = line.partition(":")
+        if not sep or not user or not hashed.startswith(("$2a$", "$2b$", "$2y$")):
+            # the line itself is not repeated: it may hold a plain password written by mistake
+            raise ConfigError(f"{where}: line {number}: expected USER:BCRYPT-HASH (htpasswd -nB USER)")
+        if user in users:
+            raise ConfigError(f"{where}: line {number}: user {user!r} is listed twice")
+        users[user] = hashed
+    if not users:
+        raise ConfigError(f"{where}: {path!r} lists no user (expected USER:BCRYPT-HASH lines)")
+    return users
 
 
 def _resolve_target_files(target: TargetConfig, index: int, base: Path, source: str) -> TargetConfig:

@@ -307,7 +307,7 @@ class Report:
             if t.down_too_long:
                 reasons.append(f"{t.target} was up {t.up_ratio:.2%} of the time, below its availability "
                                f"objective {t.availability_objective:.2%}")
-            reasons += [f"{s.slo}: error budget spent ({s.budget_consumed:.0%} used)" for s in t.slos
+            reasons += [f"{t.target} {s.slo}: error budget spent ({s.budget_consumed:.0%} used)" for s in t.slos
                         if s.exhausted]
         return reasons
 

@@ -54,11 +54,11 @@ nav a{margin-right:1em} .summary span{display:inline-block;margin:.2em 1em .2em 
 table{border-collapse:collapse} th,td{border:1px solid #ddd;padding:3px 6px;vertical-align:top;text-align:left}
 th{background:#f5f5f5;position:sticky;top:0}
 .dot{display:inline-block;width:.8em;height:.8em;border-radius:50%;margin-right:.35em;vertical-align:-.05em}
-td.probe{border-left-width:5px;white-space:nowrap;min-width:9em}
-.spark{display:block} .spark polyline{fill:none;stroke:#546e7a;stroke-width:1.2}
+td.probe{border-left-width:5px;white-space:nowrap;min-width:9em} td.models{min-width:7em}
+.spark{display:block;margin:1px 0} .spark polyline{fill:none;stroke:#546e7a;stroke-width:12}
 .spark circle.fail{fill:#c62828} .spark circle.last{fill:#37474f}
 .small{color:#616161;font-size:.85em} .bad{color:#c62828} .warn{color:#ef6c00} .good{color:#2e7d32}
-a.reason{color:#c62828;font-weight:600}
+a.reason{color:#c62828;font-weight:600} a.run{color:#546e7a}
 """
 
 
@@ -183,23 +183,25 @@ def probe_cell(view: ProbeView, quoted_target: str, now: float) -> tuple[str, st
     if recent:
         latest = recent[-1]
         if state == "na":
-            lines.append(f'<span class="small">n/a: {esc(latest.detail[:80])}</span>')
+            lines.append(f'<div class="small">n/a: {esc(latest.detail[:80])}</div>')
         else:
             figure = f"{latest.duration_seconds:.2f}s"
             if latest.cer is not None:
                 figure += f" · CER {latest.cer:.2f}"
-            lines.append(f'{symbol} <span class="small">{figure} · {_age(latest.started_at, now)}</span>')
+            lines.append(f'<div>{symbol} <span class="small">{figure} · {_age(latest.started_at, now)}</span></div>')
             lines.append(sparkline(recent))
     else:
-        lines.append(f'{symbol} <span class="small">no run yet</span>')
+        lines.append(f'<div>{symbol} <span class="small">no run yet</span></div>')
     failure = view.last_failure
     if failure is not None:
         prefix = "" if state == "failing" else '<span class="small">last failure: </span>'
-        lines.append(f'{prefix}<a class="reason" href="{failure_link(failure, quoted_target)}" '
+        lines.append(f'<div>{prefix}<a class="reason" href="{failure_link(failure, quoted_target)}" '
                      f'title="{esc(failure.detail[:200])}">{esc(failure.reason or "failed")}</a>'
-                     f' <span class="small">{_age(failure.started_at, now)}</span>')
+                     f' <span class="small">{_age(failure.started_at, now)}</span></div>')
+    lines.append(f'<div><a class="run small" href="/probe?target={quoted_target}&amp;module={view.kind}&amp;'
+                 'debug=true" title="run it now, with a debug log of every request and check">run now</a></div>')
     cell = (f'<td class="probe {state}" data-probe="{view.kind}" data-state="{state}" '
-            f'style="border-left-color:{colour}">{"<br>".join(lines)}</td>')
+            f'style="border-left-color:{colour}">{"".join(lines)}</td>')
     return state, cell
 
 
@@ -211,7 +213,7 @@ def models_cell(loaded: Optional[dict[str, bool]]) -> str:
         return f'<td class="models good" data-missing="">all {len(loaded)} loaded</td>'
     names = ", ".join(esc(name) for name in missing)
     return (f'<td class="models bad" data-missing="{esc(",".join(missing))}">'
-            f'{len(loaded) - len(missing)}/{len(loaded)} loaded<br>not loaded: {names}</td>')
+            f'{len(loaded) - len(missing)}/{len(loaded)} loaded<br>missing: {names}</td>')
 
 
 def scrape_note(view: TargetView, now: float) -> str:
@@ -252,7 +254,8 @@ def to_html(snap: Snapshot, now: Optional[float] = None) -> str:
         row = (f'<tr class="target" data-target="{esc(view.name)}" data-state="{up}">'
                f'<td><span class="dot" style="background:{colour}"></span><b>{esc(view.name)}</b> '
                f'<span class="small">{label} · {esc(view.api or "api?")}</span><br>'
-               f'<span class="small">{esc(view.url)}</span><br>{scrape_note(view, now)}</td>'
+               f'<span class="small">{esc(view.url)}</span> <a class="small" href="/api/history?target={quoted}">'
+               f'history</a><br>{scrape_note(view, now)}</td>'
                f'{models_cell(view.models)}{"".join(cells)}</tr>')
         rows.append((-worst, order, row))
     rows.sort(key=lambda item: (item[0], item[1]))
@@ -278,7 +281,7 @@ def to_html(snap: Snapshot, now: Optional[float] = None) -> str:
 <html lang="en"><head><meta charset="utf-8"><title>whoasr-exporter</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>
 <body><h1>whoasr-exporter {esc(__version__)}</h1>
-<nav><a href="/metrics">Metrics</a><a href="/api/history">History (JSON)</a><a href="/-/healthy">Healthy</a><a href="/-/ready">Ready</a></nav>
+<nav><a href="/metrics">Metrics</a><a href="/api/history">History (JSON)</a><a href="/-/healthy">Healthy</a><a href="/-/ready">Ready</a><a href="/runbook">Runbook</a></nav>
 <p class="summary" id="summary">{summary}<br>{probe_summary}</p>
 <p class="small">Problems first. Per probe: the state of its last run, the recent run durations (a red dot
 marks a failed run), the last failure's reason (it opens the kept run with its trace).</p>

@@ -174,3 +174,27 @@ def test_timestamp_is_not_a_default_probe():
     config = parse_config({"targets": [{"name": "a", "url": "http://127.0.0.1:1"}]})
     assert "timestamp" not in config.targets[0].enabled_probes()
     assert config.probes.timestamp.clip == "short"
+
+
+def test_basic_auth_users_file(tmp_path):
+    hashed = "$2b$10$" + "a" * 53
+    (tmp_path / "users").write_text(f"# htpasswd -nB\nprometheus:{hashed}\n\ngrafana:{hashed}\n")
+    path = tmp_path / "config.yaml"
+    path.write_text("exporter: {web: {basic_auth_users_file: users}}\n")
+    web = load_config(path).exporter.web
+    assert web.basic_auth_users == {"prometheus": hashed, "grafana": hashed}
+    assert web.basic_auth_users_file == str(tmp_path / "users")
+    for content, expected in ((f"prometheus:hunter2\n", "line 1: expected USER:BCRYPT-HASH"),
+                              (f"a:{hashed}\na:{hashed}\n", "line 2: user 'a' is listed twice"),
+                              ("# nobody\n", "lists no user")):
+        (tmp_path / "users").write_text(content)
+        with pytest.raises(ConfigError) as info:
+            load_config(path)
+        assert str(info.value).startswith(f"{path}: exporter.web.basic_auth_users_file: "), info.value
+        assert expected in str(info.value) and "hunter2" not in str(info.value)
+    path.write_text("exporter: {web: {basic_auth_users_file: nope}}\n")
+    with pytest.raises(ConfigError, match="basic_auth_users_file: no such file"):
+        load_config(path)
+    path.write_text(f"exporter: {{web: {{basic_auth_users_file: users, basic_auth_users: {{a: '{hashed}'}}}}}}\n")
+    with pytest.raises(ConfigError, match="basic_auth_users and basic_auth_users_file both set"):
+        load_config(path)

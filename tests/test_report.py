@@ -83,7 +83,7 @@ def test_budget_and_gate():
     [reason] = report(down).gate_failures
     assert reason.startswith("down was up 98.00% of the time, below its availability objective 99.00%")
     assert report(TargetReport("spent", up_ratio=1.0, slos=[spent])).gate_failures == [
-        "t-batch-availability: error budget spent (100% used)"]
+        "spent t-batch-availability: error budget spent (100% used)"]
     # Without an SLO nothing says how much downtime is allowed: no verdict, not a made-up one.
     assert report(TargetReport("no-slo", up_ratio=0.5)).gate_failures == []
 

@@ -213,3 +213,12 @@ def test_page_in_headless_chromium(stack, tmp_path):
     assert image.size == (1280, 900)
     colours = {colour for _, colour in image.getcolors(maxcolors=1 << 20)}
     assert RED in colours and GREEN in colours  # failing and passing states drawn in their colours
+
+
+def test_every_probe_can_be_run_now_with_a_debug_log(stack):
+    page = Page(http_get(stack.base + "/", timeout=5)[1].decode())
+    runs = [attrs["href"] for tag, attrs in page.tags if tag == "a" and "run" in attrs.get("class", "").split()]
+    assert len(runs) == sum(len(row["cells"]) for row in page.rows) == 7
+    status, body, _ = http_get(stack.base + next(r for r in runs if "target=broken&module=vad" in r), timeout=10)
+    assert status == 200 and "http_5xx" in body.decode()
+    assert http_get(stack.base + "/runbook", timeout=5)[0] == 200  # the nav's runbook link

@@ -271,6 +271,34 @@ async def test_checks_run_off_the_event_loop():
     assert ticks >= elapsed / 0.01 * 0.5  # the loop kept ticking while bcrypt ran
 
 
+def test_users_file_is_read_again_on_reload(tmp_path):
+    from tests.support import http_get, http_post, wait_ready
+
+    users = tmp_path / "users"
+    first = bcrypt.hashpw(b"first-password", bcrypt.gensalt(rounds=4)).decode()
+    second = bcrypt.hashpw(b"second-password", bcrypt.gensalt(rounds=4)).decode()
+    users.write_text(f"alice:{first}\n")
+    port = free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(f'exporter: {{listen: "{LOOPBACK}:{port}", web: {{basic_auth_users_file: users}}}}\n')
+    exporter = serve_exporter(config, tmp_path / "exporter.log")
+    base = f"http://{LOOPBACK}:{port}"
+    try:
+        wait_until(lambda: http_get(base + "/-/healthy", timeout=1)[0] == 200, timeout=20, what="exporter up")
+        alice = {"Authorization": basic("alice", "first-password")}
+        bob = {"Authorization": basic("bob", "second-password")}
+        assert http_get(base + "/metrics")[0] == 401
+        assert http_get(base + "/metrics", headers=alice)[0] == 200
+        assert http_get(base + "/metrics", headers=bob)[0] == 401
+        users.write_text(f"bob:{second}\n")  # the Secret changed: applies with a reload
+        assert http_post(base + "/-/reload", headers=alice)[0] == 200
+        assert http_get(base + "/metrics", headers=bob)[0] == 200
+        assert http_get(base + "/metrics", headers=alice)[0] == 401
+    finally:
+        exporter.stop()
+    assert "second-password" not in exporter.output() and second not in exporter.output()
+
+
 async def test_a_check_waits_for_a_free_bcrypt_slot_only_so_long(monkeypatch):
     """A flood of password guesses holds every slot: a further request is refused after the bounded
     wait, not queued for ever; once a slot frees, checks run again."""

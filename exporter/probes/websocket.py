@@ -23,9 +23,10 @@ import numpy as np
 
 from exporter.clips import SAMPLE_RATE, Clip
 from exporter.probes import ProbeContext, failed
-from exporter.probes.result_lag import MAX_RESULTS, ResultLagClock
+from exporter.probes.result_lag import MAX_RESULTS, ResultLagClock, speech_strides
 from exporter.results import Failure, ProbeResult, StreamTimings, redact
 
+MAX_UNREAD_CHARS = 2 << 20  # text of the messages received and not yet handled, in all (each is at most 1 MiB)
 CLOSE_SECONDS = 1.0  # closing a socket must fit in run_probe's guard time, even against a silent server
 STOP_SECONDS = 0.25  # after a timeout: how long sending the stop message may take
 _NOT_LOADED = re.compile(r"\bnot\s+loaded\b", re.IGNORECASE)
@@ -114,6 +115,7 @@ def audio_frames(samples: np.ndarray, frame_ms: int) -> list[str]:
 
 
 _FRAME_CACHE: dict[tuple[int, int], tuple[np.ndarray, list[str]]] = {}
+_SPEECH_CACHE: dict[int, tuple[np.ndarray, tuple[bool, ...]]] = {}
 _FRAME_CACHE_SIZE = 8
 
 
@@ -132,11 +134,23 @@ def clip_frames(clip: Clip, frame_ms: int) -> list[str]:
     return entry[1]
 
 
+def clip_speech(clip: Clip) -> tuple[bool, ...]:
+    """result_lag.speech_strides of the clip, computed once per clip as its frames are."""
+    key = id(clip.samples)
+    entry = _SPEECH_CACHE.get(key)
+    if entry is None:
+        if len(_SPEECH_CACHE) >= _FRAME_CACHE_SIZE:
+            del _SPEECH_CACHE[next(iter(_SPEECH_CACHE))]
+        entry = _SPEECH_CACHE[key] = (clip.samples, speech_strides(clip.samples))
+    return entry[1]
+
+
 @dataclass
 class _Incoming:
     at: float  # loop time of arrival
     message: Optional[dict[str, Any]] = None
     failure: Optional[Failure] = None  # a bad frame or the socket's end; nothing follows it
+    size: int = 0  # characters of the frame, counted against MAX_UNREAD_CHARS until taken
 
 
 class _Socket:
@@ -145,7 +159,18 @@ class _Socket:
     def __init__(self, ws: aiohttp.ClientWebSocketResponse, name: str):
         self.ws = ws
         self.inbox: asyncio.Queue[_Incoming] = asyncio.Queue()
+        self.unread_chars = 0  # what arrived and was not taken yet: bounded by MAX_UNREAD_CHARS
         self.reader = asyncio.create_task(self._read(), name=name)
+
+    def take_nowait(self) -> _Incoming:
+        item = self.inbox.get_nowait()
+        self.unread_chars -= item.size
+        return item
+
+    async def take(self) -> _Incoming:
+        item = await self.inbox.get()
+        self.unread_chars -= item.size
+        return item
 
     async def _read(self) -> None:
         loop = asyncio.get_running_loop()
@@ -167,6 +192,14 @@ class _Socket:
                 code = self.ws.close_code
                 item = _Incoming(at, failure=Failure(
                     "closed_early", f"the server closed the socket (code {code})" if code else "the socket closed"))
+            if item.failure is None and frame.type is aiohttp.WSMsgType.TEXT:
+                item.size = len(frame.data)
+                if self.unread_chars + item.size > MAX_UNREAD_CHARS:
+                    item = _Incoming(at, failure=Failure(
+                        "bad_response", f"the server sent more than {MAX_UNREAD_CHARS:,} characters faster than "
+                                        "it could be read"))
+                else:
+                    self.unread_chars += item.size
             self.inbox.put_nowait(item)
             if item.failure:
                 return
@@ -220,6 +253,7 @@ class Session:
         self.phase = "connect"  # the step a failure belongs to
         self.speech_start: Optional[float] = None  # the instant frame 0's audio begins
         self.lag_clock: Optional[ResultLagClock] = None  # real-time recognition sessions only
+        self.speech: tuple[bool, ...] = ()  # which strides of the clip hold speech (result_lag.py)
         self.started = False
         self.stopped_at: Optional[float] = None
         self.stop_sent = False
@@ -229,6 +263,7 @@ class Session:
                   pacing: Optional[Pacing] = None) -> None:
         """The whole session; raises Failure at the first problem; the socket is closed in any case."""
         frames = clip_frames(clip, frame_ms)
+        self.speech = clip_speech(clip)
         client_id = f"{client_id_prefix}-{uuid.uuid4().hex[:12]}"
         await self._connect(client_id)
         try:
@@ -319,7 +354,8 @@ class Session:
             async with asyncio.timeout(self.ctx.remaining()):
                 t0 = self.speech_start = self.loop.time()
                 if realtime and self.dialect.measures_lag:
-                    self.lag_clock = ResultLagClock(speech_start=t0, total_samples=total_samples)
+                    self.lag_clock = ResultLagClock(speech_start=t0, total_samples=total_samples,
+                                                    speech=self.speech)
                 for k, frame in enumerate(frames):
                     end = min((k + 1) * step, total_samples)
                     if realtime:
@@ -349,7 +385,7 @@ class Session:
 
     def _drain(self) -> None:
         while not self.socket.inbox.empty():
-            self._handle(self.socket.inbox.get_nowait())
+            self._handle(self.socket.take_nowait())
 
     async def _collect(self, done: Callable[[], bool], what: str) -> None:
         """Handles messages until done() or the run's deadline.
@@ -361,7 +397,7 @@ class Session:
         try:
             async with asyncio.timeout(limit):
                 while not done():
-                    self._handle(await self.socket.inbox.get())
+                    self._handle(await self.socket.take())
         except TimeoutError:
             step = "first_result" if self.phase == "final" and not self.results else self.phase
             raise Failure("timeout", f"no {what} within {limit:.2f} s", step=step) from None

@@ -219,12 +219,13 @@ MULTI_JOB = "whoasr-probe"
 # /health scrapes and sessions queue behind each other's, exporter/gate.py): name -> simulator API.
 # /health waits for the target's probes in flight, so no target gets both the health module and the
 # 5 s real-time stream here (the e2e timeouts are short); mt-stream carries the healthy voice path.
-MULTI_TARGETS = {"mt-v1": "v1", "mt-v2": "v2", "mt-stream": "v2", "mt-down": "v2", "mt-model": "v2",
-                 "mt-slow": "v2", "mt-cpu": "v2"}
-MULTI_HEALTHY = ("mt-v1", "mt-v2", "mt-stream")
+MULTI_TARGETS = {"mt-v1": ("v1", ()), "mt-v2": ("v2", ()), "mt-stream": ("v2", ()),
+                 "mt-doc": ("v2", ("--health-schema", "documented")),  # disk, connections, model memory
+                 "mt-down": ("v2", ()), "mt-model": ("v2", ()), "mt-slow": ("v2", ()), "mt-cpu": ("v2", ())}
+MULTI_HEALTHY = ("mt-v1", "mt-v2", "mt-stream", "mt-doc")
 MULTI_MODULES = {
-    "health": (("mt-v1", "mt-v2", "mt-down", "mt-cpu"), "2s", "1s"),
-    "model_info": (("mt-v1", "mt-v2", "mt-stream", "mt-model"), "2s", "1s"),
+    "health": (("mt-v1", "mt-v2", "mt-doc", "mt-down", "mt-cpu"), "2s", "1s"),
+    "model_info": (("mt-v1", "mt-v2", "mt-stream", "mt-doc", "mt-model"), "2s", "1s"),
     "batch": (("mt-v1", "mt-v2", "mt-slow"), "10s", "9s"),
     "stream": (("mt-stream", "mt-model"), "9s", "8s"),
     "punctuation": (("mt-v1", "mt-v2"), "3s", "2s"),
