@@ -20,16 +20,18 @@ from tests.e2e.webhook import WebhookReceiver
 from tests.support import LOOPBACK, ManagedProcess, http_get, start_simulator, wait_until
 
 JOB = "whoasr"  # Prometheus job name of the exporter; the dashboards' $job
-PROBE_KINDS = DEFAULT_PROBES  # the default probe set
+# What the healthy targets list: the default set plus timestamp (opt-in, since whoAsr v2 keeps its uploads),
+# so that its rules and panels are exercised too.
+PROBE_KINDS = (*DEFAULT_PROBES, "timestamp")
 MODEL_TYPES = ("streaming_asr", "offline_asr", "punctuation", "vad", "timestamp")
 
-# Target name -> (simulator API, extra `simulate` arguments, probes: None for the default set).
+# Target name -> (simulator API, extra `simulate` arguments, probes listed).
 # Healthy targets stay untouched; each fault scenario has a target of its own so they cannot interfere.
 # asr-doc speaks the older documented /health schema: the only one with disk, connections, model memory.
 TARGETS = {
-    "asr-v1": ("v1", (), None),
-    "asr-v2": ("v2", (), None),
-    "asr-doc": ("v2", ("--health-schema", "documented"), None),
+    "asr-v1": ("v1", (), list(PROBE_KINDS)),
+    "asr-v2": ("v2", (), list(PROBE_KINDS)),
+    "asr-doc": ("v2", ("--health-schema", "documented"), list(PROBE_KINDS)),
     "asr-down": ("v2", (), []),
     "asr-outage": ("v1", (), None),  # every default probe, timestamp not applicable: the outage scenario
     "asr-model": ("v2", (), ["stream"]),
@@ -182,7 +184,6 @@ def write_short_clip(directory: Path) -> Path:
 
 def exporter_config(simulators: dict[str, Simulator], port: int) -> dict:
     """The exporter config the stack runs, and the one the rules and dashboards are rendered from."""
-
     targets = []
     for name, (_, _, probes) in TARGETS.items():
         target = {"name": name, "url": simulators[name].url}
