@@ -18,7 +18,11 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config_or_report(args.config)
     if config is None:
         return 2
+    from exporter.probes.timestamp import upload_leak_warnings
+
     print(f"{args.config}: OK ({len(config.targets)} targets)")
+    for line in upload_leak_warnings(config):
+        print(f"{args.config}: {line}")
     return 0
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import soundfile
 import soxr
 
-from exporter.config import Config
+from exporter.config import BUILTIN_CLIPS, Config
 
 SAMPLE_RATE = 16000
 DEFAULT_CLIP = "default"
@@ -53,10 +53,18 @@ def decode(name: str, file_bytes: bytes, transcript: str) -> Clip:
                 source_rate=int(rate))
 
 
-@functools.lru_cache(maxsize=1)
-def builtin_clip() -> Clip:
+@functools.lru_cache(maxsize=len(BUILTIN_CLIPS))
+def builtin_clip(name: str = DEFAULT_CLIP) -> Clip:
+    """A clip shipped in exporter/data: 'default' (5.2 s) or 'short' (1.3 s, for the timestamp probe)."""
+    if name not in BUILTIN_CLIPS:
+        raise ClipError(f"no built-in clip {name!r}")
     data = resources.files("exporter") / "data"
-    return decode(DEFAULT_CLIP, (data / "default.wav").read_bytes(), (data / "default.txt").read_text("utf-8"))
+    return decode(name, (data / f"{name}.wav").read_bytes(), (data / f"{name}.txt").read_text("utf-8"))
+
+
+def builtin_clip_bytes(name: str) -> int:
+    """Size of a built-in clip's file, without decoding it (check-config's cost estimate)."""
+    return len((resources.files("exporter") / "data" / f"{name}.wav").read_bytes())
 
 
 @functools.lru_cache(maxsize=32)
@@ -65,9 +73,9 @@ def _file_clip(name: str, path: str, transcript: str, mtime: float) -> Clip:
 
 
 def load_clip(config: Config, name: str) -> Clip:
-    """The named clip of a config ('default' is the built-in one); cached until the file changes."""
-    if name == DEFAULT_CLIP:
-        return builtin_clip()
+    """The named clip of a config ('default' and 'short' are built in); cached until the file changes."""
+    if name in BUILTIN_CLIPS:
+        return builtin_clip(name)
     spec = config.clips.get(name)
     if spec is None:
         raise ClipError(f"unknown clip {name!r}")

@@ -335,6 +335,8 @@ Probes = create_model(
 
 
 TARGETS_FILE_SUFFIXES = (".json", ".yml", ".yaml")
+# Clips that need no `clips.<name>` entry: exporter/data/<name>.wav and .txt (scripts/make-clip.sh).
+BUILTIN_CLIPS = ("default", "short")
 
 
 class Config(_Strict):
@@ -371,18 +373,19 @@ class Config(_Strict):
     @field_validator("clips")
     @classmethod
     def _no_default_override(cls, value: dict[str, ClipConfig]) -> dict[str, ClipConfig]:
-        if "default" in value:
-            raise ValueError("'default' is the built-in clip; give your clip another name")
+        for name in BUILTIN_CLIPS:
+            if name in value:
+                raise ValueError(f"{name!r} is a built-in clip; give your clip another name")
         return value
 
     @model_validator(mode="after")
     def _clip_references(self) -> "Config":
-        known = {"default", *self.clips}
+        known = {*BUILTIN_CLIPS, *self.clips}
         for kind in PROBE_KINDS:
             clip = getattr(self.probes.for_kind(kind), "clip", None)
             if clip is not None and clip not in known:
                 raise ValueError(
-                    f"probes.{kind}.clip: unknown clip {clip!r}; define it under clips or use 'default'"
+                    f"probes.{kind}.clip: unknown clip {clip!r}; define it under clips or use 'default' or 'short'"
                 )
         return self
 

@@ -53,7 +53,7 @@ class VadProbe(ProbeSettings):
 
 
 class TimestampProbe(ProbeSettings):
-    clip: str = "default"
+    clip: str = "short"  # v2 keeps every upload on disk: the shortest clip that still checks alignment
 
 
 class StreamProbe(ProbeSettings):
@@ -105,8 +105,10 @@ _KINDS = (
     Kind("punctuation", "/punctuate", "/punctuation/add", interval=60, timeout=10, settings=PunctuationProbe,
          model="punctuation", loads_on_demand=True, default=True),
     Kind("vad", "/vad", "/vad/detect", interval=60, timeout=15, settings=VadProbe, model="vad", default=True),
+    # Not a default: whoAsr v2 never deletes a /timestamp/predict upload (whoasr-api.md), so each run
+    # leaves its clip on the server's disk for good; only where an operator lists it.
     Kind("timestamp", "/timestamp", "/timestamp/predict", interval=120, timeout=30, settings=TimestampProbe,
-         model="timestamp", default=True),
+         model="timestamp"),
     Kind("stream_vad", "/vad/ws/", "/vad/ws/", interval=120, timeout=30, settings=StreamVadProbe, model="vad"),
 )
 

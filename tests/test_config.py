@@ -104,7 +104,7 @@ def test_example_config_is_valid_and_typed():
     assert config.schedules.health.interval == 60.0 and config.schedules.health.timeout == 5.0
     assert config.thresholds.cpu_usage_percent == 80 and config.thresholds.error_rate_percent == 10
     assert config.thresholds.stale_after == 600.0
-    assert config.targets[0].enabled_probes() == ("batch", "stream", "punctuation", "vad", "timestamp")
+    assert config.targets[0].enabled_probes() == ("batch", "stream", "punctuation", "vad")  # timestamp: opt-in
 
 
 def test_durations_and_defaults():
@@ -149,6 +149,31 @@ def test_unusable_tls_files_exit_2_naming_the_field(tmp_path, field, content, ex
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"{path}: targets[0].tls_config.{field}: '{tmp_path / 'bad.pem'}' "), proc.stderr
     assert expected in proc.stderr, proc.stderr
+
+
+def test_check_config_states_the_timestamp_probes_daily_cost(tmp_path):
+    """Exit 0, and one warning line per target that lists timestamp, with files and bytes a day at the
+    configured interval and clip size (the built-in short clip, or the configured one)."""
+    from exporter.clips import builtin_clip_bytes
+
+    path = tmp_path / "ts.yaml"
+    path.write_text("targets:\n  - {name: a, url: 'http://127.0.0.1:1', probes: [batch, timestamp]}\n"
+                    "  - {name: b, url: 'http://127.0.0.1:2'}\n"
+                    "schedules:\n  timestamp: {interval: 10m, timeout: 30s}\n")
+    proc = subprocess.run([sys.executable, "-m", "exporter", "check-config", str(path)],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stdout.splitlines() if "warning" in line]
+    size = builtin_clip_bytes("short")
+    assert len(warnings) == 1 and "targets[0] (a) runs the timestamp probe" in warnings[0]
+    assert f"144 files, {144 * size / 1e6:.1f} MB a day" in warnings[0], warnings[0]
+    assert f"clip 'short' of {size / 1000:.0f} kB" in warnings[0]
+
+
+def test_timestamp_is_not_a_default_probe():
+    config = parse_config({"targets": [{"name": "a", "url": "http://127.0.0.1:1"}]})
+    assert "timestamp" not in config.targets[0].enabled_probes()
+    assert config.probes.timestamp.clip == "short"
 
 
 def test_basic_auth_users_file(tmp_path):

@@ -60,13 +60,13 @@ def test_all_modules_pass_on_v2_table_and_exit_0(sims):
     run = probe("--target", sims["v2"])
     assert run.returncode == 0, run.stdout + run.stderr
     table = rows(run.stdout)
-    assert list(table) == ["health", "batch", "stream", "punctuation", "vad", "timestamp"]
+    assert list(table) == ["health", "batch", "stream", "punctuation", "vad"]  # timestamp is opt-in
     assert all(cells[1] == "PASS" for cells in table.values())
     assert "api v2, 5/5 models loaded" in table["health"]
     assert table["batch"][4] == "0.000"  # CER
     assert "first result" in run.stdout and "partials" in run.stdout
     assert builtin_clip().transcript.rstrip("。") in table["stream"][-1]
-    assert run.stdout.rstrip().endswith("6 passed, 0 failed, 0 not applicable")
+    assert run.stdout.rstrip().endswith("5 passed, 0 failed, 0 not applicable")
     assert run.stderr == ""  # not a terminal: no progress, no logs
 
 
@@ -94,7 +94,7 @@ def test_json_document_with_verbose_trace_on_stderr(sims):
     document = json.loads(run.stdout)  # stdout is the document and nothing else
     assert document["target"] == sims["v2"] and document["success"] is False
     results = {result["probe"]: result for result in document["results"]}
-    assert list(results) == ["health", "batch", "stream", "punctuation", "vad", "timestamp"]
+    assert list(results) == ["health", "batch", "stream", "punctuation", "vad"]
     assert results["punctuation"]["success"] is False and results["punctuation"]["reason"] == "bad_response"
     assert results["batch"]["success"] is True and results["batch"]["cer"] == 0.0
     assert results["stream"]["stream"]["first_result_seconds"] > 0

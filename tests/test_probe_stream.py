@@ -144,6 +144,21 @@ async def test_latencies_match_the_injected_stride_latency(sim):
     assert result.cer == 0.0
 
 
+async def test_result_lag_grows_with_a_server_that_falls_behind(sim):
+    """A model call of 0.9 s on 600 ms strides: the server falls further behind with every stride. Result
+    s leaves at 1.5 + 0.9 s, for audio spoken by 0.6 (s + 1): lags 0.9, 1.2, ... 3.0, then the final
+    result of the tail at 8.7 s, 3.5 s after the clip ended. Attributing a result to the newest stride
+    sent would have capped every partial lag below one stride, however far behind the server was."""
+    latency = 0.9
+    sim_fault(sim, "stream", latency=latency)
+    result = await probe(sim, pace="realtime", frame_ms=100, timeout=20.0)
+    assert result.success, (result.reason, result.detail, result.trace)
+    lags = result.stream.result_lags
+    expected = [latency + (latency - 0.6) * s for s in range(8)] + [1.5 + 0.9 * 8 - len(CLIP.samples) / SAMPLE_RATE]
+    assert lags == pytest.approx(expected, abs=0.1), result.trace
+    assert lags == sorted(lags) and max(lags[:8]) > 2 * STRIDE / SAMPLE_RATE
+
+
 async def test_frames_leave_when_their_audio_has_been_recorded(sim):
     """With 600 ms frames the first stride is one frame: it cannot leave before 0.6 s of speech exist, so
     no result can come sooner; a 2,000-sample tail frame leaves at the clip's end, not a full frame later."""
@@ -168,19 +183,41 @@ async def test_fast_pace_measures_no_result_lag(sim):
 
 
 def test_result_lag_attribution():
-    """A result claims the newest stride sent before it arrived that no earlier result claimed; strides
-    that yielded no text (silence) are skipped without inflating later lags; a result with no stride
-    left is not measured; the final result lags the end of the clip."""
-    clock = ResultLagClock(speech_start=10.0, total_samples=4 * STRIDE + 3200)
+    """A result claims the oldest stride with speech sent before it arrived that no earlier result claimed;
+    strides of silence are skipped (they yield no words) without inflating later lags; a result with no
+    stride left is not measured; the final result lags the end of the clip."""
+    clock = ResultLagClock(speech_start=10.0, total_samples=4 * STRIDE + 3200, speech=(False, True, True, True))
     for k in range(13):  # 400 ms frames: strides complete with frames 1, 2(+), 4, 5 ...
         clock.frame_sent(min(6400, clock.total_samples - clock.samples_sent), 10.0 + 0.4 * (k + 1))
         if clock.samples_sent >= clock.total_samples:
             break
     assert clock.stride_sent_at == pytest.approx([10.8, 11.2, 12.0, 12.4])
-    assert clock.lag(11.3, False) == pytest.approx(11.3 - 11.2)  # stride 0 gave nothing: stride 1, 0.1 s
+    assert clock.lag(11.3, False) == pytest.approx(11.3 - 11.2)  # stride 0 is silence: stride 1, 0.1 s
     assert clock.lag(11.35, False) is None  # a second result with no new stride: not measured
     assert clock.lag(12.05, False) == pytest.approx(12.05 - 11.8)  # stride 2, spoken by 11.8, sent at 12.0
     assert clock.lag(12.9, True) == pytest.approx(12.9 - (10.0 + (4 * STRIDE + 3200) / SAMPLE_RATE))
+
+
+def test_result_lag_of_a_server_behind_is_not_capped_by_the_stride():
+    """Every stride has speech and all four were sent before the first result came: that result is
+    stride 0's, then 1's, ...: the lags grow instead of staying below one stride."""
+    clock = ResultLagClock(speech_start=0.0, total_samples=4 * STRIDE)
+    for k in range(4):
+        clock.frame_sent(STRIDE, 0.6 * (k + 1))
+    lags = [clock.lag(at, False) for at in (2.5, 3.4, 4.3, 5.2)]
+    assert lags == pytest.approx([1.9, 2.2, 2.5, 2.8])
+    assert clock.lag(5.3, False) is None
+
+
+def test_speech_strides_of_the_clip():
+    """Silence, then speech: only the strides with a 10 ms window louder than about -40 dBFS hold speech."""
+    from exporter.probes.result_lag import speech_strides
+
+    tone = (0.3 * np.sin(np.arange(STRIDE) * 2 * np.pi * 220 / SAMPLE_RATE)).astype(np.float32)
+    samples = np.concatenate([np.zeros(STRIDE, np.float32), tone, np.full(STRIDE, 0.001, np.float32),
+                              np.zeros(100, np.float32)])
+    assert speech_strides(samples) == (False, True, False)
+    assert all(speech_strides(CLIP.samples))
 
 
 async def test_exact_multiple_of_the_stride_gets_no_final_result(sim):
@@ -263,8 +300,10 @@ async def test_silent_socket_never_starting(sim):
 
 async def test_silent_socket_after_the_audio(sim):
     """The server takes the audio but answers nothing before the deadline: a timeout at first_result.
-    (One stride only, so that the simulator is out of its 2.5 s sleep soon after the probe gave up.)"""
-    sim_fault(sim, "stream", latency=2.5)
+    (One stride only, so that the simulator is out of its 1.8 s sleep soon after the probe gave up and
+    answers the close frame well within the probe's CLOSE_SECONDS: at 2.5 s the two raced, and a loaded
+    machine saw the client give up on the close first, 1006.)"""
+    sim_fault(sim, "stream", latency=1.8)
     result = await probe(sim, timeout=1.5, clip=cut(STRIDE))
     expect(result, "timeout", "first_result")
     assert result.stream.frames_sent == 6 and result.stream.first_result_seconds is None

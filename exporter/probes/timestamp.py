@@ -18,6 +18,7 @@ from exporter.probes.common import audio_form, check, expect_ok, is_number, json
 from exporter.results import Check, Failure, ProbeResult
 
 KIND = "timestamp"
+DAY_SECONDS = 86400
 V1_DETAIL = "v1 has no usable timestamp endpoint (its /timestamp always answers 500)"
 
 
@@ -86,3 +87,28 @@ def _span(reply: Reply, start: Any, end: Any) -> tuple[float, float]:
     if not (is_number(start) and is_number(end) and 0 <= start <= end):
         raise shape_error(reply, f"malformed time span start={start!r} end={end!r}: expected 0 <= start <= end")
     return float(start), float(end)
+
+
+def upload_leak(interval_seconds: float, clip_bytes: int) -> tuple[int, int]:
+    """(files, bytes) a v2 server keeps per day from this probe: v2's /timestamp/predict never deletes an
+    upload, whether the request succeeds or not (whoasr-api.md)."""
+    files = int(DAY_SECONDS // interval_seconds)
+    return files, files * clip_bytes
+
+
+def upload_leak_warnings(config) -> list[str]:
+    """One line per target that runs the timestamp probe, with what it costs the server per day."""
+    from pathlib import Path
+
+    from exporter.clips import builtin_clip_bytes
+    from exporter.config import BUILTIN_CLIPS
+
+    clip = config.probes.timestamp.clip
+    clip_bytes = builtin_clip_bytes(clip) if clip in BUILTIN_CLIPS else Path(config.clips[clip].path).stat().st_size
+    interval = config.schedules.timestamp.interval
+    files, size = upload_leak(interval, clip_bytes)
+    return [f"warning: targets[{i}] ({target.name}) runs the timestamp probe: whoAsr v2 never deletes its uploads, "
+            f"so every run (each {interval:g} s, clip {clip!r} of {clip_bytes / 1000:.0f} kB) leaves a file in the "
+            f"server's temp directory: {files} files, {size / 1e6:.1f} MB a day, kept until someone deletes them "
+            "(v1: not applicable, no cost)"
+            for i, target in enumerate(config.targets) if KIND in target.enabled_probes()]

@@ -23,7 +23,7 @@ import numpy as np
 
 from exporter.clips import SAMPLE_RATE, Clip
 from exporter.probes import ProbeContext, failed
-from exporter.probes.result_lag import MAX_RESULTS, ResultLagClock
+from exporter.probes.result_lag import MAX_RESULTS, ResultLagClock, speech_strides
 from exporter.results import Failure, ProbeResult, StreamTimings, redact
 
 MAX_UNREAD_CHARS = 2 << 20  # text of the messages received and not yet handled, in all (each is at most 1 MiB)
@@ -115,6 +115,7 @@ def audio_frames(samples: np.ndarray, frame_ms: int) -> list[str]:
 
 
 _FRAME_CACHE: dict[tuple[int, int], tuple[np.ndarray, list[str]]] = {}
+_SPEECH_CACHE: dict[int, tuple[np.ndarray, tuple[bool, ...]]] = {}
 _FRAME_CACHE_SIZE = 8
 
 
@@ -130,6 +131,17 @@ def clip_frames(clip: Clip, frame_ms: int) -> list[str]:
         if len(_FRAME_CACHE) >= _FRAME_CACHE_SIZE:
             del _FRAME_CACHE[next(iter(_FRAME_CACHE))]
         entry = _FRAME_CACHE[key] = (clip.samples, audio_frames(clip.samples, frame_ms))
+    return entry[1]
+
+
+def clip_speech(clip: Clip) -> tuple[bool, ...]:
+    """result_lag.speech_strides of the clip, computed once per clip as its frames are."""
+    key = id(clip.samples)
+    entry = _SPEECH_CACHE.get(key)
+    if entry is None:
+        if len(_SPEECH_CACHE) >= _FRAME_CACHE_SIZE:
+            del _SPEECH_CACHE[next(iter(_SPEECH_CACHE))]
+        entry = _SPEECH_CACHE[key] = (clip.samples, speech_strides(clip.samples))
     return entry[1]
 
 
@@ -241,6 +253,7 @@ class Session:
         self.phase = "connect"  # the step a failure belongs to
         self.speech_start: Optional[float] = None  # the instant frame 0's audio begins
         self.lag_clock: Optional[ResultLagClock] = None  # real-time recognition sessions only
+        self.speech: tuple[bool, ...] = ()  # which strides of the clip hold speech (result_lag.py)
         self.started = False
         self.stopped_at: Optional[float] = None
         self.stop_sent = False
@@ -250,6 +263,7 @@ class Session:
                   pacing: Optional[Pacing] = None) -> None:
         """The whole session; raises Failure at the first problem; the socket is closed in any case."""
         frames = clip_frames(clip, frame_ms)
+        self.speech = clip_speech(clip)
         client_id = f"{client_id_prefix}-{uuid.uuid4().hex[:12]}"
         await self._connect(client_id)
         try:
@@ -340,7 +354,8 @@ class Session:
             async with asyncio.timeout(self.ctx.remaining()):
                 t0 = self.speech_start = self.loop.time()
                 if realtime and self.dialect.measures_lag:
-                    self.lag_clock = ResultLagClock(speech_start=t0, total_samples=total_samples)
+                    self.lag_clock = ResultLagClock(speech_start=t0, total_samples=total_samples,
+                                                    speech=self.speech)
                 for k, frame in enumerate(frames):
                     end = min((k + 1) * step, total_samples)
                     if realtime:

@@ -79,12 +79,24 @@ def q(expr: str, legend: str = "", ref: str = "A", instant: bool = False, fmt: s
     )
 
 
+# Multi-target mode has no histograms: each /probe scrape gives one run's value in a gauge. Every panel
+# reads scheduled mode's series `or` else these (the quantiles are then over the runs in the interval).
+RUN_GAUGES = {
+    "whoasr_probe_duration_seconds": "whoasr_probe_run_duration_seconds",
+    "whoasr_stream_connect_seconds": "whoasr_stream_run_connect_seconds",
+    "whoasr_stream_first_result_seconds": "whoasr_stream_run_first_result_seconds",
+    "whoasr_stream_result_lag_seconds": "whoasr_stream_run_result_lag_seconds",  # each run's largest lag
+    "whoasr_stream_final_result_seconds": "whoasr_stream_run_final_result_seconds",
+}
+
+
 def quantiles(metric: str, selector: str, by: str) -> list[g.Target]:
-    """p50/p95/p99 targets from one histogram."""
+    """p50/p95/p99 targets from one histogram, or its per-run gauge in multi-target mode."""
     refs = "ABC"
     return [
         q(
-            f"histogram_quantile({quantile}, sum by ({by}, le) (rate({metric}_bucket{{{selector}}}[{RI}])))",
+            f"histogram_quantile({quantile}, sum by ({by}, le) (rate({metric}_bucket{{{selector}}}[{RI}])))\n"
+            f"or\nmax by ({by}) (quantile_over_time({quantile}, {RUN_GAUGES[metric]}{{{selector}}}[{RI}]))",
             f"{{{{{by.split(', ')[-1]}}}}} {name}" if by else name,
             refs[i],
         )
@@ -93,8 +105,9 @@ def quantiles(metric: str, selector: str, by: str) -> list[g.Target]:
 
 
 def p95(metric: str, selector: str) -> str:
-    """The p95 of a histogram over everything selected."""
-    return f"histogram_quantile(0.95, sum by (le) (rate({metric}_bucket{{{selector}}}[{RI}])))"
+    """The p95 of a histogram over everything selected (multi-target mode: of its per-run gauge)."""
+    return (f"histogram_quantile(0.95, sum by (le) (rate({metric}_bucket{{{selector}}}[{RI}])))\n"
+            f"or\nmax(quantile_over_time(0.95, {RUN_GAUGES[metric]}{{{selector}}}[{RI}]))")
 
 
 def timeseries(title: str, description: str, targets: list[g.Target], unit: str, *,
@@ -280,7 +293,8 @@ def overview(config: Config) -> tuple[str, str, list[list[Panel]]]:
     success_ratio = (
         f"1 - (\n  sum by (probe) (rate(whoasr_probe_failures_total{{{SEL}}}[{RI}]))\n  or\n"
         f"  0 * sum by (probe) (rate(whoasr_probe_runs_total{{{SEL}}}[{RI}]))\n)\n"
-        f"/ sum by (probe) (rate(whoasr_probe_runs_total{{{SEL}}}[{RI}]))"
+        f"/ sum by (probe) (rate(whoasr_probe_runs_total{{{SEL}}}[{RI}]))\n"
+        f"or\navg by (probe) (avg_over_time(whoasr_probe_success{{{SEL}}}[{RI}]))"
     )
     rows = [
         [
@@ -387,17 +401,21 @@ def probes(config: Config) -> tuple[str, str, list[list[Panel]]]:
                  q(f"count(whoasr_probe_success{{{PSEL}}} == 0) or vector(0)"), "none",
                  thresholds=steps("green", (1, "red"))),
             stat("Runs per minute", "Probe runs finished per minute.",
-                 q(f"sum(rate(whoasr_probe_runs_total{{{PSEL}}}[{RI}])) * 60"), "opm"),
+                 q(f"sum(rate(whoasr_probe_runs_total{{{PSEL}}}[{RI}])) * 60\n"
+                   f"or\nsum(count_over_time(whoasr_probe_success{{{PSEL}}}[1m]))"), "opm"),
             stat("Failure ratio", f"Failed runs / runs; red above {number_text(t.error_rate_percent)}%.",
                  q(f"(sum(rate(whoasr_probe_failures_total{{{PSEL}}}[{RI}])) or vector(0))\n"
-                   f"/ sum(rate(whoasr_probe_runs_total{{{PSEL}}}[{RI}]))"),
+                   f"/ sum(rate(whoasr_probe_runs_total{{{PSEL}}}[{RI}]))\n"
+                   f"or\n1 - avg(avg_over_time(whoasr_probe_success{{{PSEL}}}[{RI}]))"),
                  "percentunit", thresholds=failure_steps),
             stat("Duration p95", f"p95 of the probe run duration; red above {number_text(t.response_time_seconds)} s.",
                  q(p95("whoasr_probe_duration_seconds", PSEL)),
                  "s", thresholds=slow),
             stat("Skipped runs", "Runs not started because the previous run was still going (interval "
-                 "shorter than the probe takes).",
-                 q(f"sum(increase(whoasr_probe_skipped_total{{{PSEL}}}[{RI}]))"), "short",
+                 "shorter than the probe takes); multi-target mode: /probe scrapes that got no answer.",
+                 q(f"sum(increase(whoasr_probe_skipped_total{{{PSEL}}}[{RI}]))\n"
+                   f"or\nsum(count_over_time(up{{{PSEL}}}[{RI}])) - sum(sum_over_time(up{{{PSEL}}}[{RI}]))"),
+                 "short",
                  thresholds=steps("green", (1, "orange"))),
         ],
         [
@@ -424,14 +442,17 @@ def probes(config: Config) -> tuple[str, str, list[list[Panel]]]:
             timeseries("Real-time factor", "Server processing time / audio duration: below 1 the server "
                        "transcribes faster than real time.",
                        [q(f"sum by (target, probe) (rate(whoasr_probe_processing_seconds_total{{{PSEL}}}[{RI}]))\n"
-                          f"/ sum by (target, probe) (rate(whoasr_probe_audio_seconds_total{{{PSEL}}}[{RI}]))",
+                          f"/ sum by (target, probe) (rate(whoasr_probe_audio_seconds_total{{{PSEL}}}[{RI}]))\n"
+                          f"or\navg by (target, probe) (avg_over_time(whoasr_probe_real_time_factor{{{PSEL}}}[{RI}]))",
                           "{{target}} {{probe}}")],
                        "none", thresholds=steps("green", (1, "red")), min=0),
             timeseries("Character error rate", "Character errors / reference characters of the probe "
                        "transcripts; the line is the bound of the accuracy alert "
                        f"({number_text(t.character_error_rate)}).",
                        [q(f"sum by (target, probe) (rate(whoasr_probe_character_errors_total{{{PSEL}}}[{RI}]))\n"
-                          f"/ sum by (target, probe) (rate(whoasr_probe_reference_characters_total{{{PSEL}}}[{RI}]))",
+                          f"/ sum by (target, probe) (rate(whoasr_probe_reference_characters_total{{{PSEL}}}[{RI}]))\n"
+                          f"or\navg by (target, probe) "
+                          f"(avg_over_time(whoasr_probe_character_error_rate{{{PSEL}}}[{RI}]))",
                           "{{target}} {{probe}}")],
                        "percentunit", thresholds=cer_steps, min=0),
         ],
@@ -439,9 +460,12 @@ def probes(config: Config) -> tuple[str, str, list[list[Panel]]]:
             table("Time since last run", "Seconds since each probe last finished and last succeeded; red "
                   f"beyond {number_text(t.stale_after)} s (the stale-probe alert).",
                   [
-                      q(f"time() - max by (target, probe) (whoasr_probe_last_run_timestamp_seconds{{{PSEL}}})",
+                      q(f"time() - max by (target, probe) (whoasr_probe_last_run_timestamp_seconds{{{PSEL}}})\n"
+                        f"or\ntime() - max by (target, probe) (timestamp(whoasr_probe_success{{{PSEL}}}))",
                         ref="A", instant=True, fmt="table"),
-                      q(f"time() - max by (target, probe) (whoasr_probe_last_success_timestamp_seconds{{{PSEL}}})",
+                      q(f"time() - max by (target, probe) (whoasr_probe_last_success_timestamp_seconds{{{PSEL}}})\n"
+                        f"or\ntime() - max by (target, probe) "
+                        f"(max_over_time(timestamp(whoasr_probe_success{{{PSEL}}} == 1)[1h:1m]))",
                         ref="B", instant=True, fmt="table"),
                   ],
                   "s",
@@ -479,7 +503,8 @@ def voice_path(config: Config) -> tuple[str, str, list[list[Panel]]]:
             stat("Partial results per session", "Partial results received per streaming session: a server "
                  "can look fast by sending fewer.",
                  q(f"sum(increase(whoasr_stream_partial_results_total{{{SEL}}}[{RI}]))\n"
-                   f"/ sum(increase(whoasr_probe_runs_total{{{SSEL}}}[{RI}]))"),
+                   f"/ sum(increase(whoasr_probe_runs_total{{{SSEL}}}[{RI}]))\n"
+                   f"or\navg(avg_over_time(whoasr_stream_run_partial_results{{{SEL}}}[{RI}]))"),
                  "none", width=6),
         ],
         [
@@ -509,7 +534,8 @@ def voice_path(config: Config) -> tuple[str, str, list[list[Panel]]]:
         [
             timeseries("Partial results per session", "Partial results received per streaming session.",
                        [q(f"sum by (target) (increase(whoasr_stream_partial_results_total{{{SEL}}}[{RI}]))\n"
-                          f"/ sum by (target) (increase(whoasr_probe_runs_total{{{SSEL}}}[{RI}]))",
+                          f"/ sum by (target) (increase(whoasr_probe_runs_total{{{SSEL}}}[{RI}]))\n"
+                          f"or\navg by (target) (avg_over_time(whoasr_stream_run_partial_results{{{SEL}}}[{RI}]))",
                           "{{target}}")], "none", width=8),
             timeseries("Session failures by reason", "Failed streaming sessions per interval, by the first "
                        "reason that applied (handshake_rejected, closed_early, no_result, ...).",
@@ -519,7 +545,8 @@ def voice_path(config: Config) -> tuple[str, str, list[list[Panel]]]:
                        "streamed transcripts; the line is the bound of the accuracy alert "
                        f"({number_text(t.character_error_rate)}).",
                        [q(f"sum by (target) (rate(whoasr_probe_character_errors_total{{{SSEL}}}[{RI}]))\n"
-                          f"/ sum by (target) (rate(whoasr_probe_reference_characters_total{{{SSEL}}}[{RI}]))",
+                          f"/ sum by (target) (rate(whoasr_probe_reference_characters_total{{{SSEL}}}[{RI}]))\n"
+                          f"or\navg by (target) (avg_over_time(whoasr_probe_character_error_rate{{{SSEL}}}[{RI}]))",
                           "{{target}}")],
                        "percentunit", thresholds=steps("green", (t.character_error_rate, "red")), min=0, width=8),
         ],

@@ -17,7 +17,8 @@ Admin API (JSON in and out, under a prefix whoAsr never uses):
   GET|PUT /-/sim/load_delay         {"seconds": x}   (how long a real load blocks the server; default 2)
   GET|DELETE /-/sim/stats           requests seen per endpoint, open WebSockets, per-model use,
                                     on-demand model loads per model type, WebSocket messages received
-                                    per type and sockets ended per close code (1006: no close frame)
+                                    per type, sockets ended per close code (1006: no close frame), and
+                                    the uploads v2's /timestamp/predict leaked (files, bytes)
 """
 
 from exporter.simulator.app import add_arguments, build_app, openapi_document, run

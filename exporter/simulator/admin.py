@@ -122,6 +122,7 @@ async def get_stats(request: web.Request) -> web.Response:
         "open_websockets": len(sim.open_websockets),
         "model_requests": {m: s.total_requests for m, s in sim.models.items()},
         "on_demand_loads": {m: sim.on_demand_loads.get(m, 0) for m in sim.models},
+        "leaked_uploads": {"files": sim.leaked_files, "bytes": sim.leaked_bytes},
         "websocket_messages": sim.ws_messages,
         "websocket_closes": sim.ws_closes,
     })
@@ -132,6 +133,7 @@ async def delete_stats(request: web.Request) -> web.Response:
     sim.requests.clear()
     sim.on_demand_loads.clear()
     sim.ws_messages.clear()
+    sim.leaked_files = sim.leaked_bytes = 0
     sim.ws_closes.clear()
     for state in sim.models.values():
         state.total_requests, state.last_used = 0, None

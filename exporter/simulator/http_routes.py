@@ -427,6 +427,11 @@ async def timestamp(request: web.Request, sim: SimState, v1: bool) -> web.Stream
         text = str(text_file)
     content = audio.file.read()
     path = temp_path("v2", audio.filename or "")
+    # Upstream saves the upload (and a text file) to its temp directory and never deletes it: its cleanup
+    # is called with plain strings and fails on .exists(). Counted, not written: the leak is the fact.
+    sim.leak_upload(path, len(content))
+    if isinstance(text_file, web.FileField):
+        sim.leak_upload(temp_path("v2", text_file.filename or "text.txt"), len(text.encode("utf-8")))
     _, error = await run_model(sim, "timestamp", "timestamp", content, path, "Timestamp processing failed",
                                blocking=False)
     if error is not None:

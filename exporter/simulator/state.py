@@ -12,9 +12,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import structlog
 from aiohttp import web
 
 from exporter.simulator.compute import SharedCompute
+
+log = structlog.get_logger("exporter.simulator")
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 DEFAULT_TRANSCRIPT_FILE = DATA_DIR / "default.txt"
@@ -171,6 +174,8 @@ class SimState:
     faults: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests: dict[str, int] = field(default_factory=dict)
     on_demand_loads: dict[str, int] = field(default_factory=dict)  # model type -> loads a request triggered
+    leaked_files: int = 0  # v2 /timestamp/predict never deletes its uploads (whoasr-api.md)
+    leaked_bytes: int = 0
     ws_messages: dict[str, dict[str, int]] = field(default_factory=dict)  # endpoint -> client message type -> n
     ws_closes: dict[str, dict[str, int]] = field(default_factory=dict)  # endpoint -> close code -> n
     started: float = field(default_factory=time.monotonic)
@@ -192,6 +197,13 @@ class SimState:
 
     def count(self, endpoint: str) -> None:
         self.requests[endpoint] = self.requests.get(endpoint, 0) + 1
+
+    def leak_upload(self, path: str, size: int) -> None:
+        """An upload left in the server's temp directory for good, logged as upstream logs it (twice)."""
+        self.leaked_files += 1
+        self.leaked_bytes += size
+        for _ in range(2):
+            log.warning("Failed to cleanup temp file", path=path, error="'str' object has no attribute 'exists'")
 
     def count_ws_message(self, endpoint: str, kind: str) -> None:
         counts = self.ws_messages.setdefault(endpoint, {})

@@ -93,7 +93,7 @@ def _start(launched: list, args: list[str], log: Path, ready_url: str, what: str
 def _start_simulators(tmp: Path, launched: list) -> dict[str, Simulator]:
     """All simulators at once (each takes about a second to import and bind)."""
     apis = {name: (api, extra) for name, (api, extra, _) in TARGETS.items()}
-    apis.update({name: (api, ()) for name, api in MULTI_TARGETS.items()})
+    apis.update(MULTI_TARGETS)
 
     def start(name):
         api, extra = apis[name]

@@ -20,16 +20,18 @@ from tests.e2e.webhook import WebhookReceiver
 from tests.support import LOOPBACK, ManagedProcess, http_get, start_simulator, wait_until
 
 JOB = "whoasr"  # Prometheus job name of the exporter; the dashboards' $job
-PROBE_KINDS = DEFAULT_PROBES  # the default probe set
+# What the healthy targets list: the default set plus timestamp (opt-in, since whoAsr v2 keeps its uploads),
+# so that its rules and panels are exercised too.
+PROBE_KINDS = (*DEFAULT_PROBES, "timestamp")
 MODEL_TYPES = ("streaming_asr", "offline_asr", "punctuation", "vad", "timestamp")
 
-# Target name -> (simulator API, extra `simulate` arguments, probes: None for the default set).
+# Target name -> (simulator API, extra `simulate` arguments, probes listed).
 # Healthy targets stay untouched; each fault scenario has a target of its own so they cannot interfere.
 # asr-doc speaks the older documented /health schema: the only one with disk, connections, model memory.
 TARGETS = {
-    "asr-v1": ("v1", (), None),
-    "asr-v2": ("v2", (), None),
-    "asr-doc": ("v2", ("--health-schema", "documented"), None),
+    "asr-v1": ("v1", (), list(PROBE_KINDS)),
+    "asr-v2": ("v2", (), list(PROBE_KINDS)),
+    "asr-doc": ("v2", ("--health-schema", "documented"), list(PROBE_KINDS)),
     "asr-down": ("v2", (), []),
     "asr-outage": ("v1", (), None),  # every default probe, timestamp not applicable: the outage scenario
     "asr-model": ("v2", (), ["stream"]),
@@ -182,7 +184,6 @@ def write_short_clip(directory: Path) -> Path:
 
 def exporter_config(simulators: dict[str, Simulator], port: int) -> dict:
     """The exporter config the stack runs, and the one the rules and dashboards are rendered from."""
-
     targets = []
     for name, (_, _, probes) in TARGETS.items():
         target = {"name": name, "url": simulators[name].url}
@@ -218,12 +219,13 @@ MULTI_JOB = "whoasr-probe"
 # /health scrapes and sessions queue behind each other's, exporter/gate.py): name -> simulator API.
 # /health waits for the target's probes in flight, so no target gets both the health module and the
 # 5 s real-time stream here (the e2e timeouts are short); mt-stream carries the healthy voice path.
-MULTI_TARGETS = {"mt-v1": "v1", "mt-v2": "v2", "mt-stream": "v2", "mt-down": "v2", "mt-model": "v2",
-                 "mt-slow": "v2", "mt-cpu": "v2"}
-MULTI_HEALTHY = ("mt-v1", "mt-v2", "mt-stream")
+MULTI_TARGETS = {"mt-v1": ("v1", ()), "mt-v2": ("v2", ()), "mt-stream": ("v2", ()),
+                 "mt-doc": ("v2", ("--health-schema", "documented")),  # disk, connections, model memory
+                 "mt-down": ("v2", ()), "mt-model": ("v2", ()), "mt-slow": ("v2", ()), "mt-cpu": ("v2", ())}
+MULTI_HEALTHY = ("mt-v1", "mt-v2", "mt-stream", "mt-doc")
 MULTI_MODULES = {
-    "health": (("mt-v1", "mt-v2", "mt-down", "mt-cpu"), "2s", "1s"),
-    "model_info": (("mt-v1", "mt-v2", "mt-stream", "mt-model"), "2s", "1s"),
+    "health": (("mt-v1", "mt-v2", "mt-doc", "mt-down", "mt-cpu"), "2s", "1s"),
+    "model_info": (("mt-v1", "mt-v2", "mt-stream", "mt-doc", "mt-model"), "2s", "1s"),
     "batch": (("mt-v1", "mt-v2", "mt-slow"), "10s", "9s"),
     "stream": (("mt-stream", "mt-model"), "9s", "8s"),
     "punctuation": (("mt-v1", "mt-v2"), "3s", "2s"),

@@ -111,8 +111,8 @@ def _exporter_config(sims: dict[str, str], port: int, short_clip: Path) -> dict:
         },
         "thresholds": {"response_time_seconds": 1.0, "for_short": "2s", "for_long": "10s"},
         # A 0.8 s clip streamed in real time: result lags are measured then.
-        "clips": {"short": {"path": str(short_clip), "transcript": builtin_clip().transcript}},
-        "probes": {"stream": {"clip": "short"}},
+        "clips": {"voice": {"path": str(short_clip), "transcript": builtin_clip().transcript}},
+        "probes": {"stream": {"clip": "voice"}},
     }
 
 
