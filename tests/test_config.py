@@ -101,7 +101,7 @@ def test_serve_refuses_invalid_config(tmp_path):
 def test_example_config_is_valid_and_typed():
     config = load_config(ROOT / "config.example.yaml")
     assert [t.name for t in config.targets] == ["asr-v1", "asr-v2"]
-    assert config.schedules.health.interval == 60.0 and config.schedules.health.timeout == 5.0
+    assert config.schedules.health.interval == 60.0 and config.schedules.health.timeout == 15.0
     assert config.thresholds.cpu_usage_percent == 80 and config.thresholds.error_rate_percent == 10
     assert config.thresholds.stale_after == 600.0
     assert config.targets[0].enabled_probes() == ("batch", "stream", "punctuation", "vad")  # timestamp: opt-in
