@@ -148,14 +148,10 @@ class History:
         """The last `size` results of one (target, probe), oldest first: a sparkline's points."""
         return [entry.result for entry in self._recent.get((target, probe), ())]
 
-    def last_failure(self, target: str, probe: str) -> Optional[ProbeResult]:
-        """The newest kept failure of one (target, probe), also after later runs passed."""
+    def last_failure(self, target: str, probe: str) -> Optional[tuple[int, ProbeResult]]:
+        """The newest kept failure of one (target, probe) with its id, also after later runs passed."""
         failures = self._failures.get((target, probe))
-        return failures[-1].result if failures else None
-
-    def newest_failures(self, limit: int) -> list[ProbeResult]:
-        """The newest `limit` kept failures of every target and probe, newest first."""
-        return [result for _, result in self.recent_failures(limit)]
+        return (failures[-1].seq, failures[-1].result) if failures else None
 
     def to_json(self, target: Optional[str] = None, probe: Optional[str] = None, limit: Optional[int] = None,
                 failed_only: bool = False, with_trace: bool = False) -> list[dict]:

@@ -66,7 +66,7 @@ a.reason{color:#c62828;font-weight:600} a.run{color:#546e7a}
 class ProbeView:
     kind: str
     recent: list[ProbeResult]  # oldest first
-    last_failure: Optional[ProbeResult]
+    last_failure: Optional[tuple[int, ProbeResult]]  # (its id in the history, the result)
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ class TargetView:
 class Snapshot:
     kinds: list[str]  # the columns
     targets: list[TargetView]
-    failures: list[ProbeResult]  # newest first
+    failures: list[tuple[int, ProbeResult]]  # newest first, with their ids
 
 
 def target_state(state: TargetState) -> str:
@@ -120,7 +120,7 @@ def snapshot(targets: Iterable[TargetConfig], state: ExporterState, history: His
             probes={kind: ProbeView(kind, history.recent(target.name, kind), history.last_failure(target.name, kind))
                     for kind in target.enabled_probes()}))
     kinds = [kind for kind in PROBE_KINDS if any(kind in t.enabled_probes() for t in targets)]
-    return Snapshot(kinds, views, history.newest_failures(RECENT_FAILURES))
+    return Snapshot(kinds, views, history.recent_failures(RECENT_FAILURES))
 
 
 def probe_state(recent: list[ProbeResult]) -> str:
@@ -136,10 +136,9 @@ def probe_state(recent: list[ProbeResult]) -> str:
     return "ok"
 
 
-def failure_link(result: ProbeResult, quoted_target: Optional[str] = None) -> str:
-    """The kept run behind a failure, trace included: /api/history's newest failure of that probe."""
-    target = quoted_target or quote(result.target, safe="")
-    return f"/api/history?target={target}&amp;probe={result.probe}&amp;failed=true&amp;limit=1&amp;trace=true"
+def failure_link(seq: int) -> str:
+    """The kept run behind a failure, trace included (/api/history?id=)."""
+    return f"/api/history?id={seq}"
 
 
 def _age(timestamp: Optional[float], now: float) -> str:
@@ -192,10 +191,10 @@ def probe_cell(view: ProbeView, quoted_target: str, now: float) -> tuple[str, st
             lines.append(sparkline(recent))
     else:
         lines.append(f'<div>{symbol} <span class="small">no run yet</span></div>')
-    failure = view.last_failure
-    if failure is not None:
+    if view.last_failure is not None:
+        seq, failure = view.last_failure
         prefix = "" if state == "failing" else '<span class="small">last failure: </span>'
-        lines.append(f'<div>{prefix}<a class="reason" href="{failure_link(failure, quoted_target)}" '
+        lines.append(f'<div>{prefix}<a class="reason" href="{failure_link(seq)}" '
                      f'title="{esc(failure.detail[:200])}">{esc(failure.reason or "failed")}</a>'
                      f' <span class="small">{_age(failure.started_at, now)}</span></div>')
     lines.append(f'<div><a class="run small" href="/probe?target={quoted_target}&amp;module={view.kind}&amp;'
@@ -269,11 +268,11 @@ def to_html(snap: Snapshot, now: Optional[float] = None) -> str:
                             ("pending", "pending"), ("na", "n/a"))
         if (count := probe_counts[name]))
     failures = []
-    for result in snap.failures:
+    for seq, result in snap.failures:
         failures.append(
             f'<tr class="failure"><td>{time.strftime("%H:%M:%S", time.localtime(result.started_at))}</td>'
             f"<td>{esc(result.target)}</td><td>{esc(result.probe)}</td>"
-            f'<td><a class="reason" href="{failure_link(result)}">{esc(result.reason or "failed")}</a></td>'
+            f'<td><a class="reason" href="{failure_link(seq)}">{esc(result.reason or "failed")}</a></td>'
             f"<td>{result.http_status or ''}</td><td>{esc(result.detail[:200])}</td>"
             f"<td>{esc(result.error_body or '')}</td></tr>")
     header = "".join(f"<th>{kind}</th>" for kind in kinds)

@@ -131,14 +131,18 @@ def test_a_failure_links_to_its_kept_run_with_the_trace(stack):
     for probe, reason, request in (("vad", "http_5xx", "POST /vad/detect"),
                                    ("punctuation", "model_not_loaded", "model_check")):
         (link,) = cells["broken"][probe]["reasons"]
-        (run,) = json.loads(http_get(stack.base + link, timeout=5)[1])
+        assert link.startswith("/api/history?id=")  # that very run, not whatever failed last by now
+        run = json.loads(http_get(stack.base + link, timeout=5)[1])
         assert run["target"] == "broken" and run["probe"] == probe and run["reason"] == reason
+        assert run["id"] == int(link.rsplit("=", 1)[1])
         assert run["success"] is False
         assert any(request in line for line in run["trace"]) or run["step"] == request, run
     # Recent failures: the newest kept failures of every target, each linking to its run
     assert page.failure_links
+    ids = [int(link.rsplit("=", 1)[1]) for link in page.failure_links]
+    assert ids == sorted(ids, reverse=True)  # newest first
     for link in page.failure_links[:3]:
-        (run,) = json.loads(http_get(stack.base + link, timeout=5)[1])
+        run = json.loads(http_get(stack.base + link, timeout=5)[1])
         assert run["success"] is False and run["trace"]
 
 

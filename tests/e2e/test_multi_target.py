@@ -56,9 +56,12 @@ def test_healthy_targets_fire_nothing_in_multi_target_mode(multi: Stack):
     assert multi.value(f'whoasr_probe_applicable{{target="{v1}", probe="timestamp"}}') == 0
     assert multi.value(f'whoasr_probe_success{{target="{v1}", probe="timestamp"}}') is None
     # The SLIs are recorded from the /probe gauges.
-    for name in ("mt-v1", "mt-v2"):
-        assert multi.value(f'whoasr:probe_error:ratio_rate5m{{target="{url(multi, name)}", probe="batch"}}') == 0
-    assert multi.value(f'whoasr:stream_first_result_seconds:p95_rate5m{{target="{url(multi, "mt-stream")}"}}') > 0
+    # The SLIs are recorded from the /probe gauges (a rule evaluation after the first runs).
+    slis = [f'whoasr:probe_error:ratio_rate5m{{target="{url(multi, name)}", probe="batch"}} == 0'
+            for name in ("mt-v1", "mt-v2")]
+    slis.append(f'whoasr:stream_first_result_seconds:p95_rate5m{{target="{url(multi, "mt-stream")}"}} > 0')
+    wait_until(lambda: all(multi.query(expr) for expr in slis), timeout=20, interval=0.5,
+               what="the SLIs recorded from the /probe gauges")
 
     rules = yaml.safe_load((multi.render_dir / "alerts" / "whoasr-rules.yml").read_text())
     longest_for = max(parse_duration(rule["for"]) for group in rules["groups"] for rule in group["rules"]
@@ -124,3 +127,16 @@ def test_cpu_in_multi_target_mode(multi: Stack):
         assert "97.5%" in alert["annotations"]["description"], alert["annotations"]
     finally:
         multi.sim_request("mt-cpu", "PUT", "/-/sim/system", {"cpu_percent": 12.5})
+
+
+def test_error_rate_in_multi_target_mode(multi: Stack):
+    target = url(multi, "mt-slow")
+    multi.sim_request("mt-slow", "PUT", "/-/sim/faults/recognize", {"status": 500})
+    try:
+        alert = multi.wait_delivered("WhoasrProbeErrorRateHigh", "firing", timeout=90, target=target, job=MULTI_JOB,
+                                     probe="batch")
+        # the most frequent reason, from the runs' whoasr_probe_failure_info
+        assert "the most frequent reason is http_5xx" in alert["annotations"]["description"], alert["annotations"]
+        assert alert["receiver"] == "team"
+    finally:
+        multi.sim_request("mt-slow", "DELETE", "/-/sim/faults")
