@@ -10,6 +10,7 @@ import pytest
 
 from exporter.config import ConfigError, TargetConfig, parse_config
 from exporter.discovery import TargetsFiles, TargetsFileError, merge_targets, parse_targets_file, target_name
+from exporter.kinds import DEFAULT_PROBES
 from exporter.shard import shard_of
 from tests.metrics_text import label_sets, value
 from tests.support import (LOOPBACK, ManagedProcess, exporter_cmd, free_port, http_get, http_post, serve_exporter,
@@ -29,7 +30,7 @@ def test_yaml_and_json_groups_with_api_and_probes_labels():
         ("asr-1.example:8000", "http://asr-1.example:8000", "v2", ("batch", "stream")),
         ("asr-2.example:8000/asr", "http://asr-2.example:8000/asr", "v2", ("batch", "stream")),
         ("asr-3.example:8443", "https://asr-3.example:8443", "auto",
-         ("batch", "stream", "punctuation", "vad", "timestamp")),  # empty probes: the default set
+         DEFAULT_PROBES),  # empty probes: the default set
     ]
     (js,) = parse_targets_file("t.json", json.dumps([{"targets": ["http://10.0.0.7:8000/"]}]))
     assert (js.name, js.url) == ("10.0.0.7:8000", "http://10.0.0.7:8000")
