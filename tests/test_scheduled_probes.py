@@ -185,8 +185,11 @@ def test_unload_between_the_scheduled_read_and_the_next_probe(rare_model_info):
     def passed(kind):
         return (value(stack.metrics(), "whoasr_probe_success", target="asr", probe=kind) or 0) == 1.0
 
-    def scraped():  # the first scheduled runs are spread over up to 10 s
-        return value(stack.metrics(), "whoasr_model_loaded", target="asr", model="offline_asr") == 1.0
+    def scraped():  # the first scheduled runs are spread over up to 10 s; the next come a minute later
+        text = stack.metrics()
+        return all(value(text, "whoasr_last_scrape_timestamp_seconds", target="asr", endpoint=e) is not None
+                   for e in ("health", "model_info")) and \
+            value(text, "whoasr_model_loaded", target="asr", model="offline_asr") == 1.0
 
     wait_until(lambda: passed("batch") and passed("punctuation") and scraped(), timeout=20, interval=0.2,
                what="batch and punctuation passing, model state scraped")
@@ -206,10 +209,10 @@ def test_unload_between_the_scheduled_read_and_the_next_probe(rare_model_info):
     assert stats["requests"]["model_info"] >= 8  # one fresh read per run
     models = sim_admin(url, "GET", "models")
     assert models["offline_asr"]["loaded"] is False and models["punctuation"]["loaded"] is False
-    # Unless a scheduled /health scrape (its first run falls anywhere in the first 10 s) read the state
-    # since, the scheduled gauge is stale and still says loaded: the probes did not use it.
-    if sim_stats(url)["requests"].get("health", 0) == 0:
-        assert value(stack.metrics(), "whoasr_model_loaded", target="asr", model="offline_asr") == 1.0
+    # Both scheduled scrapes ran before the unload and are not due again for a minute, so the scheduled
+    # gauge is stale and still says loaded: the probes did not use it.
+    assert sim_stats(url)["requests"].get("health", 0) == 0
+    assert value(stack.metrics(), "whoasr_model_loaded", target="asr", model="offline_asr") == 1.0
 
 
 def test_history_and_status_page_show_failures(stack):
