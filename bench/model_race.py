@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import start_simulator  # noqa: E402
 from exporter.client import TargetClient, new_session  # noqa: E402
 from exporter.clips import builtin_clip  # noqa: E402
-from exporter.config import BatchProbe, PunctuationProbe, TargetConfig  # noqa: E402
+from exporter.config import TargetConfig  # noqa: E402
+from exporter.kinds import BatchProbe, PunctuationProbe  # noqa: E402
 from exporter.probes import ProbeContext, run_probe  # noqa: E402
 
 MODELS = ("offline_asr", "punctuation")
