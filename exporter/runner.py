@@ -20,6 +20,9 @@ from exporter.probes import ProbeContext, failed, run_probe
 from exporter.results import Failure, ProbeResult, Trace
 from exporter.scrape import scrape
 
+GATE_WAIT_SHARE = 0.5  # of a run's timeout, at most, waiting for the target's gate
+
+
 class Runner:
     def __init__(self, config: Config, errors: Optional[InternalErrors] = None):
         self.config = config  # replaced on reload
@@ -48,16 +51,19 @@ class Runner:
 
     async def _run(self, client: TargetClient, kind: str, timeout: float, trace: Optional[Trace],
                    progress: Optional[Callable[[str], None]]) -> ProbeResult:
-        """The wait for the target's gate counts against the run's timeout: a run that could not start
-        within it is skipped; one that started late has only what is left."""
+        """The wait for the target's gate counts against the run's timeout, and may take at most
+        GATE_WAIT_SHARE of it: a run that could not start by then is skipped (no verdict), so one that
+        starts always leaves the target most of its timeout, and a timeout it reports is the target's,
+        not the wait's."""
         begun, begun_at = time.monotonic(), time.time()
         gate = self.gate(client.name)
+        wait = timeout * GATE_WAIT_SHARE
         if kind == "health":
-            access = gate.exclusive(wait=timeout)
+            access = gate.exclusive(wait=wait)
         elif is_scrape(kind):
             access = nullcontext()  # /model/info does not stall whoAsr
         else:
-            access = gate.shared(wait=timeout)
+            access = gate.shared(wait=wait)
         try:
             async with access:
                 remaining = timeout - (time.monotonic() - begun)

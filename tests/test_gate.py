@@ -1,4 +1,4 @@
-"""Every wait within the run's deadline: the /health gate is waited for at most the run's own timeout;
+"""Every wait within the run's deadline: the /health gate is waited for at most half the run's own timeout;
 a run that could not start in that time is skipped and counted, and a target whose /health hangs does
 not hold its probes for longer than their timeouts."""
 
@@ -69,6 +69,49 @@ async def test_a_probe_behind_a_hanging_health_scrape_is_skipped_within_its_time
         sim_reset(sim_url)
         result = await daemon.runner.run(daemon.clients["t"], "vad", 10.0)
         assert result.success and not result.skipped
+    finally:
+        sim_reset(sim_url)
+        await daemon.session.close()
+
+
+async def test_a_run_left_too_little_time_by_the_gate_is_skipped_not_failed(sim_url):
+    """The gate opens 0.8 s into a 1 s /health run: starting then would leave 0.2 s for an answer that
+    takes 0.3 s, a timeout that is the wait's, not the target's (a false whoasr_up 0 and, kept up, a false
+    WhoasrTargetDown). A run waits at most half its timeout: this one is skipped, whoasr_up keeps its
+    verdict; after a shorter wait the scrape runs with what is left and passes."""
+    config = parse_config({"targets": [{"name": "t", "url": sim_url, "probes": ["vad"]}]})
+    daemon = Daemon(config)  # not started: runs are called directly
+    daemon.session = new_session()
+    daemon.apply(config)
+    loop = asyncio.get_running_loop()
+
+    def metric(name, **labels):
+        return value(daemon.exposition.render().decode(), name, target="t", **labels)
+
+    try:
+        sim_fault(sim_url, "health", latency=0.3)
+        await daemon.run_job("t", "health", 5.0)
+        assert metric("whoasr_up") == 1.0
+
+        sim_fault(sim_url, "vad", latency=0.8)
+        probe = asyncio.create_task(daemon.run_job("t", "vad", 5.0))
+        await asyncio.sleep(0.05)  # the probe holds the gate for 0.8 s
+        started = loop.time()
+        await asyncio.wait_for(daemon.run_job("t", "health", 1.0), 10)
+        assert 0.4 <= loop.time() - started < 0.75  # gave up after half its timeout, before the gate opened
+        assert metric("whoasr_scrape_skipped_total", endpoint="health") == 1.0
+        assert metric("whoasr_up") == 1.0
+        assert metric("whoasr_scrape_errors_total", endpoint="health", reason="timeout") is None
+        await asyncio.wait_for(probe, 10)
+
+        sim_fault(sim_url, "vad", latency=0.2)
+        probe = asyncio.create_task(daemon.run_job("t", "vad", 5.0))
+        await asyncio.sleep(0.05)
+        await asyncio.wait_for(daemon.run_job("t", "health", 1.0), 10)  # ~0.15 s wait, 0.85 s for 0.3 s
+        assert metric("whoasr_scrape_skipped_total", endpoint="health") == 1.0
+        assert metric("whoasr_up") == 1.0
+        assert metric("whoasr_scrape_errors_total", endpoint="health", reason="timeout") is None
+        await asyncio.wait_for(probe, 10)
     finally:
         sim_reset(sim_url)
         await daemon.session.close()
