@@ -1,9 +1,8 @@
 """Bugs of the exporter itself, as opposed to failures of a target.
 
 An unexpected exception anywhere on a run's way (scrape, probe, recording the result, the scheduler's
-task) must not leave a signal frozen: the run still ends in a failed result (reason `bad_response`, since
-it was the target's answer that led the code astray, or `check_failed` when the answer played no part),
-and the exception is counted here by stage and logged with its traceback the first time it is seen.
+task) must not leave a signal frozen: the run still ends in a failed result (reason `bad_response`: most often a target's unusual
+answer is what led the code astray; step `internal` tells it apart from a target's bad answer), and the exception is counted here by stage and logged with its traceback the first time it is seen.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ CER_MIN_WINDOW = 3600.0  # seconds; accuracy is judged over at least an hour of 
 # its clip, played in real time: the voice path is judged by its first result and result lag instead.
 DURATION_PROBES = ("batch", "punctuation", "vad", "timestamp")
 TARGET_DOWN = "whoasr_up == 0"
+INTERNAL_ERROR_WINDOW = "15m"  # an exporter bug stays visible this long after its last occurrence
 
 
 def target_down_within(window: str) -> str:
@@ -264,6 +265,28 @@ def alert_groups(config: Config, links: Links) -> list[dict]:
             "whoasr-exporter {{ $labels.instance }} could not reload its configuration.",
             "The last configuration reload of whoasr-exporter at {{ $labels.instance }} failed; it keeps "
             "running with the previous configuration.",
+            (overview, "Targets"), about="exporter",
+        ),
+        Alert(
+            "WhoasrExporterTargetsFileInvalid", "warning",
+            "whoasr_exporter_targets_files_last_read_successful == 0",
+            short,
+            "whoasr-exporter {{ $labels.instance }} cannot read a targets file.",
+            "The last read of the targets files (targets_files) by whoasr-exporter at {{ $labels.instance }} "
+            f"failed for {short_text}; it keeps the targets of that file's last good read: targets added since "
+            "are not probed, targets removed since still are.",
+            (overview, "Targets"), about="exporter",
+        ),
+        Alert(
+            "WhoasrExporterInternalErrors", "warning",
+            f"sum by (job, instance, stage) (increase(whoasr_exporter_internal_errors_total[{INTERNAL_ERROR_WINDOW}])) "
+            "> 0",
+            0,
+            "whoasr-exporter {{ $labels.instance }} hit an internal error ({{ $labels.stage }}).",
+            "whoasr-exporter at {{ $labels.instance }} raised an unexpected exception in its {{ $labels.stage }} "
+            f"stage (about {{{{ $value | printf \"%.0f\" }}}} in the last {INTERNAL_ERROR_WINDOW}): a bug of the exporter, not "
+            "necessarily of whoAsr. The runs it hit were recorded as failed (reason bad_response, step "
+            "internal); its log has the traceback.",
             (overview, "Targets"), about="exporter",
         ),
     ]

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e.stack import (MULTI_TARGETS, TARGETS, Simulator, Stack, alertmanager_config, exporter_config,
-                             missing_key_series, multi_target_files, multi_target_prometheus_config,
+from tests.e2e.stack import (INVENTORY_DIR, MULTI_TARGETS, TARGETS, Simulator, Stack, alertmanager_config,
+                             exporter_config, missing_key_series, multi_target_files, multi_target_prometheus_config,
                              prometheus_config)
 from tests.e2e.webhook import WebhookReceiver
 from tests.support import LOOPBACK, ManagedProcess, exporter_cmd, free_port, http_get, start_simulator, wait_until
@@ -136,6 +136,8 @@ def stack(binaries, launched, tmp_path_factory) -> Stack:
         simulators = _start_simulators(tmp, launched)
 
         exporter_port = free_port()
+        (tmp / INVENTORY_DIR).mkdir()
+        (tmp / INVENTORY_DIR / "fleet.yml").write_text("[]\n")
         config_path = tmp / "exporter.yaml"
         config_path.write_text(yaml.safe_dump(exporter_config(simulators, exporter_port), sort_keys=False))
         exporter = f"http://{LOOPBACK}:{exporter_port}"

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from exporter.config import parse_duration
-from tests.e2e.stack import FOR_LONG, HEALTHY, JOB, NOT_APPLICABLE, RESPONSE_TIME_SECONDS, Stack, expected_probes
+from tests.e2e.stack import (FOR_LONG, HEALTHY, INVENTORY_DIR, JOB, NOT_APPLICABLE, RESPONSE_TIME_SECONDS, Stack,
+                             expected_probes)
 from tests.support import http_get, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -191,3 +192,28 @@ def test_one_outage_pages_once_and_resolves_as_one(healthy_stack: Stack):
     assert status == 200 and any(not result["success"] for result in history), page["annotations"]["history_url"]
     assert page["annotations"]["dashboard_url"].startswith(
         f"http://grafana.invalid:3000/d/whoasr-overview/whoasr-overview?viewPanel=")
+
+
+def test_invalid_targets_file_warns_and_keeps_probing(healthy_stack: Stack):
+    """An inventory job writes a broken targets file: the exporter keeps its last good targets, Prometheus
+    fires WhoasrExporterTargetsFileInvalid (exporter-wide: no target label) to the team, and it resolves
+    once the file is fixed, without a reload."""
+    stack = healthy_stack
+    inventory = stack.tmp / INVENTORY_DIR / "fleet.yml"
+    good = inventory.read_text()
+    ok = f'whoasr_exporter_targets_files_last_read_successful{{job="{JOB}"}}'
+    wait_until(lambda: stack.value(ok) == 1, timeout=20, what="the inventory read")
+    errors_before = stack.value(f'whoasr_exporter_targets_file_errors_total{{job="{JOB}"}}')
+    inventory.write_text("- targets: [http://127.0.0.1:1\n")  # an unclosed flow sequence
+    try:
+        alert = stack.wait_delivered("WhoasrExporterTargetsFileInvalid", "firing", timeout=45)
+        assert alert["labels"]["severity"] == "warning" and alert["receiver"] == "team"
+        assert "target" not in alert["labels"] and alert["labels"]["job"] == JOB
+        assert alert["annotations"]["runbook_url"] == f"{stack.exporter}/runbook#whoasrexportertargetsfileinvalid"
+        assert stack.value(f'whoasr_exporter_targets_file_errors_total{{job="{JOB}"}}') > errors_before
+        for target in HEALTHY:  # the configured targets are still probed
+            assert stack.value(f'whoasr_up{{job="{JOB}", target="{target}"}}') == 1
+    finally:
+        inventory.write_text(good)
+    stack.wait_delivered("WhoasrExporterTargetsFileInvalid", "resolved", timeout=45)
+    assert stack.value(ok) == 1
