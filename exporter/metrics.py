@@ -336,6 +336,10 @@ RESULT_FAMILIES = [Family(*spec) for spec in (
      "The largest result lag of the run (see whoasr_stream_result_lag_seconds' help)."),
     ("whoasr_stream_run_final_result_seconds", "gauge", "stop_recording sent -> end of session."),
     ("whoasr_stream_run_partial_results", "gauge", "Partial results received."),
+    ("whoasr_probe_not_started", "gauge",
+     "1: the run could not start within half its budget (the target's /health gate was held): no verdict."),
+    ("whoasr_probe_result_age_seconds", "gauge",
+     "Seconds since the /health verdict answered was taken: one that could not start answers the last one."),
 )]
 
 
@@ -343,8 +347,16 @@ RESULT_FAMILIES = [Family(*spec) for spec in (
 SCRAPE_RESULT_FAMILIES = RESULT_FAMILIES + [f for f in FAMILIES if f.name not in {r.name for r in RESULT_FAMILIES}]
 
 
-def render_result(result: ProbeResult, openmetrics: bool = False) -> bytes:
+def render_result(result: ProbeResult, openmetrics: bool = False, age_seconds: Optional[float] = None) -> bytes:
+    """One run's answer to /probe. A run that did not start has no verdict: neither success nor failure
+    (Prometheus records a gap, not a down target). `age_seconds`: the result is an earlier run's."""
     out = Lines()
+    if result.skipped:
+        out.add("whoasr_probe_not_started", "", 1.0)
+        out.add("whoasr_probe_run_duration_seconds", "", result.duration_seconds)
+        return _render_answer([out.joined()], openmetrics, RESULT_FAMILIES)
+    if age_seconds is not None:
+        out.add("whoasr_probe_result_age_seconds", "", age_seconds)
     if result.applicable:
         out.add("whoasr_probe_success", "", 1.0 if result.success else 0.0)
     else:
@@ -382,6 +394,10 @@ def render_result(result: ProbeResult, openmetrics: bool = False) -> bytes:
                 if value is not None:
                     out.add(family, "", value)
         sections = [out.joined()]
+    return _render_answer(sections, openmetrics, families)
+
+
+def _render_answer(sections: list[dict[str, str]], openmetrics: bool, families: list[Family]) -> bytes:
     parts = render_families(sections, openmetrics, families)
     if openmetrics:
         parts.append("# EOF\n")

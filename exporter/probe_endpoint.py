@@ -78,6 +78,7 @@ class ProbeHandler:
         self.sinks: list[Sink] = [LogSink(on_demand=True)]
         self.limiter = ProbeLimiter()
         self._adhoc: OrderedDict[str, TargetClient] = OrderedDict()
+        self._last_health: OrderedDict[str, ProbeResult] = OrderedDict()  # target name -> last /health verdict
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         query = request.query
@@ -105,12 +106,37 @@ class ProbeHandler:
         finally:
             self.limiter.release()
         deliver(result, self.sinks, self.daemon.runner.errors)
+        answer, age = self.verdict(client, module, result)
         if debug:
-            text = debug_report(client, module, budget_note, trace, result, render_result(result).decode())
+            text = debug_report(client, module, budget_note, trace, result,
+                                render_result(answer, age_seconds=age).decode())
             return web.Response(text=text, headers=_PLAIN_HEADERS)
         openmetrics = wants_openmetrics(request.headers.get("Accept", ""))
-        return web.Response(body=render_result(result, openmetrics),
+        return web.Response(body=render_result(answer, openmetrics, age),
                             headers={"Content-Type": OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE})
+
+    def verdict(self, client: TargetClient, module: str, result: ProbeResult) -> tuple[ProbeResult, Optional[float]]:
+        """What to answer, and its age if it is an earlier run's. A /health that could not start (probes of
+        the target held it: whoAsr's /health stalls the server, so it never runs alongside them) answers
+        with the target's last /health verdict if that is at most `schedules.health.interval` old, as
+        /metrics would in scheduled mode; otherwise, and for a probe that could not start, no verdict."""
+        if module != "health":
+            return result, None
+        if not result.skipped:
+            self._last_health[client.name] = result
+            self._last_health.move_to_end(client.name)
+            while len(self._last_health) > len(self.daemon.clients) + ADHOC_CLIENTS:
+                self._last_health.popitem(last=False)
+            return result, 0.0
+        last = self._last_health.get(client.name)
+        if last is None:
+            return result, None
+        age = max(0.0, time.time() - last.finished_at)
+        if age > self.daemon.config.schedules.health.interval:
+            return result, None
+        log.info("probe answered with last verdict", target=client.name, probe=module, reason="gate_wait",
+                 age_seconds=round(age, 3))
+        return last, age
 
     # --- request -> what to run ---------------------------------------------------------------
     def resolve_target(self, value: str) -> TargetClient:

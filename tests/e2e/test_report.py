@@ -347,6 +347,13 @@ def test_json_multi_target_mode_numbers_match_what_was_injected(report_stack):
     assert_passed(stream)
     assert stream["first_result_p95_seconds"] is not None
     assert stream["result_lag_p95_seconds"] is not None  # from each run's largest lag (/probe's gauge)
+
+    # SLOs from the SLI rules that read /probe's per-run gauges (no counters in this mode).
+    slos = {(s["probe"], s["kind"]): s for s in multi["slos"]}
+    spent = slos[("punctuation", "availability")]
+    assert spent["objective"] == 0.99 and spent["error_ratio"] > 0.5 and spent["budget_remaining"] < 0, spent
+    fine = slos[("stream", "availability")]
+    assert fine["error_ratio"] is not None and fine["error_ratio"] <= 0.2, fine
     # Alerts about other targets are left out.
     assert all(a["target"] in (MULTI, None) for a in document["alerts"]), document["alerts"]
 
