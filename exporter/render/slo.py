@@ -108,16 +108,19 @@ class SLO:
         return selector(self.sloth_labels())
 
     def sli_error(self, window: str) -> str:
-        """Ratio of bad runs in the window, per job, target and probe; NaN (no alert) when no run
-        finished in it. Scheduled mode's counters and histograms, or else (multi-target mode) the
-        relabelled /probe gauges of each run."""
+        """Ratio of bad runs in the window, per job, target and probe; no sample at all when no run
+        finished in it: a NaN (0/0) would stay in the 30-day average (sum_over_time) for 30 days, so one
+        quiet window, such as the first after a start, would blank the period's burn rate and budget.
+        Scheduled mode's counters and histograms, or else (multi-target mode, where those series do not
+        exist) the relabelled /probe gauges of each run."""
         sel = {"probe": self.probe}
         if self.kind == "availability":
             runs = f"sum by ({BY}) (rate(whoasr_probe_runs_total{selector(sel)}[{window}]))"
             failures = f"sum by ({BY}) (rate(whoasr_probe_failures_total{selector(sel)}[{window}]))"
             # No failure yet means no failure series at all: count it as zero, not as "no data".
-            scheduled = f"(\n  {failures}\n  or\n  0 * {runs}\n)\n/\n{runs}"
-            on_demand = f"1 - avg by ({BY}) (avg_over_time(whoasr_probe_success{selector(sel)}[{window}]))"
+            scheduled = f"(\n  {failures}\n  or\n  0 * {runs}\n)\n/\n({runs} > 0)"
+            on_demand = (f"(1 - avg by ({BY}) (avg_over_time(whoasr_probe_success{selector(sel)}[{window}])))\n"
+                         f"unless on ({BY}) whoasr_probe_runs_total{selector(sel)}")
             return f"(\n{scheduled}\n)\nor\n{on_demand}"
         metric = self.latency_metric
         # The voice-path histograms carry no probe label: select none, add it by the rule's labels.
@@ -125,12 +128,12 @@ class SLO:
         by = BY if hsel else "job, target"
         total = f"sum by ({by}) (rate({metric}_count{selector(hsel) if hsel else ''}[{window}]))"
         good = f"sum by ({by}) (rate({metric}_bucket{selector({**hsel, 'le': self.latency_le})}[{window}]))"
-        scheduled = f"(\n  {total}\n  -\n  {good}\n)\n/\n{total}"
+        scheduled = f"(\n  {total}\n  -\n  {good}\n)\n/\n({total} > 0)"
         # One /probe gauge per run: the share of the window's minutes whose latest run was too slow.
         gauge = RUN_GAUGES[metric]
         bound = number_text(self.latency_seconds)
         on_demand = (f"avg by ({by}) (avg_over_time(({gauge}{selector(sel)} > bool {bound})"
-                     f"[{window}:1m]))")
+                     f"[{window}:1m]))\nunless on ({by}) {metric}_count{selector(hsel) if hsel else ''}")
         return f"(\n{scheduled}\n)\nor\n{on_demand}"
 
 
