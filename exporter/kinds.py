@@ -96,8 +96,8 @@ class Kind:
 
 # Paths: /work/shared/whoasr-api.md. The order is the canonical one (tables, rules, `--module all`).
 _KINDS = (
-    # Up to half the timeout may go to the wait for the target's gate (runner.GATE_WAIT_SHARE): behind a
-    # real-time stream session (the built-in clip: ~6 s); the rest to the ~1 s call.
+    # All but 2 s of the timeout may go to the wait for the target's gate (runner.HEALTH_RESERVE): behind
+    # a real-time stream session (the built-in clip: ~6 s); the rest to the ~1 s call.
     Kind("health", "/health", "/health", interval=60, timeout=15, scrape=True),
     Kind("model_info", "/model/info", "/model/info", interval=15, timeout=5, scrape=True),
     Kind("batch", "/recognize", "/offline/recognize", interval=60, timeout=30, settings=BatchProbe,

@@ -20,7 +20,8 @@ from exporter.probes import ProbeContext, failed, run_probe
 from exporter.results import Failure, ProbeResult, Trace
 from exporter.scrape import scrape
 
-GATE_WAIT_SHARE = 0.5  # of a run's timeout, at most, waiting for the target's gate
+GATE_WAIT_SHARE = 0.5  # of a probe's timeout, at most, waiting for the target's gate (a /health: ~1 s)
+HEALTH_RESERVE = 2.0  # seconds a /health keeps for itself (whoAsr answers it in ~1 s), up to half its timeout
 
 
 class Runner:
@@ -51,13 +52,19 @@ class Runner:
 
     async def _run(self, client: TargetClient, kind: str, timeout: float, trace: Optional[Trace],
                    progress: Optional[Callable[[str], None]]) -> ProbeResult:
-        """The wait for the target's gate counts against the run's timeout, and may take at most
-        GATE_WAIT_SHARE of it: a run that could not start by then is skipped (no verdict), so one that
-        starts always leaves the target most of its timeout, and a timeout it reports is the target's,
-        not the wait's."""
+        """The wait for the target's gate counts against the run's timeout, and ends while the target
+        still has the time it needs: a run that could not start by then is skipped (no verdict), and a
+        timeout it reports is the target's, not the wait's. A probe waits for a /health (~1 s) at most
+        GATE_WAIT_SHARE of its timeout. A /health waits for the probes in flight (a real-time stream
+        session lasts as long as its clip) until HEALTH_RESERVE before its deadline, twice what whoAsr
+        needs, or half its timeout if that is shorter: waiting only half of 8.5 s, a /health scraped
+        every 10 s at a fixed phase behind a 6 s stream could never start."""
         begun, begun_at = time.monotonic(), time.time()
         gate = self.gate(client.name)
-        wait = timeout * GATE_WAIT_SHARE
+        if kind == "health":
+            wait = timeout - min(timeout * GATE_WAIT_SHARE, HEALTH_RESERVE)
+        else:
+            wait = timeout * GATE_WAIT_SHARE
         if kind == "health":
             access = gate.exclusive(wait=wait)
         elif is_scrape(kind):

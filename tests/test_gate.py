@@ -115,3 +115,36 @@ async def test_a_run_left_too_little_time_by_the_gate_is_skipped_not_failed(sim_
     finally:
         sim_reset(sim_url)
         await daemon.session.close()
+
+
+async def test_a_health_scrape_waits_out_a_long_probe_while_it_keeps_2s(sim_url):
+    """A /health waits for the probes in flight until 2 s before its deadline (whoAsr answers it in
+    ~1 s): behind a probe that holds the gate for 3.5 s, a 6 s scrape still runs and answers. Waiting only
+    half its timeout, it was skipped, and Prometheus scraping /probe every 10 s at a fixed phase behind a
+    6 s stream session never got a /health verdict at all."""
+    config = parse_config({"targets": [{"name": "t", "url": sim_url, "probes": ["vad"]}]})
+    daemon = Daemon(config)  # not started: runs are called directly
+    daemon.session = new_session()
+    daemon.apply(config)
+    loop = asyncio.get_running_loop()
+    try:
+        sim_fault(sim_url, "vad", latency=3.5)
+        probe = asyncio.create_task(daemon.runner.run(daemon.clients["t"], "vad", 10.0))
+        await asyncio.sleep(0.05)  # the probe holds the gate
+        started = loop.time()
+        health = await asyncio.wait_for(daemon.runner.run(daemon.clients["t"], "health", 6.0), 15)
+        assert not health.skipped and health.success, (health.reason, health.detail)
+        assert loop.time() - started >= 3.3  # it did wait for the probe: never alongside it
+        assert (await asyncio.wait_for(probe, 10)).success
+
+        # A probe in flight for longer than that: skipped 2 s before the deadline, no verdict.
+        sim_fault(sim_url, "vad", latency=5.0)
+        probe = asyncio.create_task(daemon.runner.run(daemon.clients["t"], "vad", 10.0))
+        await asyncio.sleep(0.05)
+        started = loop.time()
+        health = await asyncio.wait_for(daemon.runner.run(daemon.clients["t"], "health", 6.0), 15)
+        assert health.skipped and loop.time() - started >= 3.9
+        await asyncio.wait_for(probe, 10)
+    finally:
+        sim_reset(sim_url)
+        await daemon.session.close()
