@@ -211,7 +211,7 @@ def test_excess_concurrent_probe_gets_503_at_once(stack):
         status, text, elapsed = probe(stack, "asr-v2", "health")
         assert status == 503, text
         assert "too many concurrent probes (limit 1)" in text
-        assert elapsed < 0.5  # refused at once, not queued
+        assert elapsed < 1.5  # refused at once, not queued behind the 2 s run (room for a loaded machine)
     finally:
         holder.join(timeout=15)
     status, text, elapsed = slow["answer"]

@@ -31,7 +31,9 @@ pytestmark = pytest.mark.timeout(20)
 
 KINDS_V1 = ("batch", "punctuation", "vad")  # timestamp does not apply to v1
 CLIP = builtin_clip()
-SLACK = 0.15  # how far above an injected latency a run may end
+# How far above an injected latency a run may end: room for a shared, loaded machine, yet below the
+# 1 s that a timeout not enforced would take.
+SLACK = 0.3
 ON_DEMAND_MODEL = {"batch": "offline_asr", "punctuation": "punctuation"}  # what whoAsr loads on a request
 ENDPOINT = {"batch": "recognize", "punctuation": "punctuation", "vad": "vad", "timestamp": "timestamp"}
 

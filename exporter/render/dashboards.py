@@ -411,10 +411,12 @@ def probes(config: Config) -> tuple[str, str, list[list[Panel]]]:
             stat("Duration p95", f"p95 of the probe run duration; red above {number_text(t.response_time_seconds)} s.",
                  q(p95("whoasr_probe_duration_seconds", PSEL)),
                  "s", thresholds=slow),
-            stat("Skipped runs", "Runs not started because the previous run was still going (interval "
-                 "shorter than the probe takes); multi-target mode: /probe scrapes that got no answer.",
+            stat("Skipped runs", "Runs not started: the previous run was still going (interval shorter than "
+                 "the probe takes), or a /health of the target held its gate past half the run's timeout; "
+                 "multi-target mode: /probe scrapes that got no answer or whose run could not start.",
                  q(f"sum(increase(whoasr_probe_skipped_total{{{PSEL}}}[{RI}]))\n"
-                   f"or\nsum(count_over_time(up{{{PSEL}}}[{RI}])) - sum(sum_over_time(up{{{PSEL}}}[{RI}]))"),
+                   f"or\nsum(count_over_time(up{{{PSEL}}}[{RI}])) - sum(sum_over_time(up{{{PSEL}}}[{RI}]))\n"
+                   f"  + (sum(sum_over_time(whoasr_probe_not_started{{{PSEL}}}[{RI}])) or vector(0))"),
                  "short",
                  thresholds=steps("green", (1, "orange"))),
         ],
