@@ -62,15 +62,11 @@ class Runner:
         begun, begun_at = time.monotonic(), time.time()
         gate = self.gate(client.name)
         if kind == "health":
-            wait = timeout - min(timeout * GATE_WAIT_SHARE, HEALTH_RESERVE)
-        else:
-            wait = timeout * GATE_WAIT_SHARE
-        if kind == "health":
-            access = gate.exclusive(wait=wait)
+            access = gate.exclusive(wait=timeout - min(timeout * GATE_WAIT_SHARE, HEALTH_RESERVE))
         elif is_scrape(kind):
             access = nullcontext()  # /model/info does not stall whoAsr
         else:
-            access = gate.shared(wait=wait)
+            access = gate.shared(wait=timeout * GATE_WAIT_SHARE)
         try:
             async with access:
                 remaining = timeout - (time.monotonic() - begun)
